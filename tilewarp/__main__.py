@@ -1,0 +1,3 @@
+from tilewarp.runtime.cli import main
+
+raise SystemExit(main())
