@@ -1,0 +1,40 @@
+"""The cost model that sizes tiles: enough tasks per stage to spread its bytes over the
+workers, few enough that each task's fixed cost (fetch, waits, signal) stays small."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ceil_div
+
+
+@dataclass(frozen=True)
+class TilePolicy:
+    workers: int = 132
+    min_task_bytes: int = 24 << 10   # below this a task is mostly overhead
+    row_align: int = 8               # output rows per tile are a multiple of this
+    max_tiles: int = 4096
+
+    def tiles_for(self, total_bytes: float, rows: int, share: float = 1.0) -> int:
+        """How many tiles to cut `rows` into. `share` is the fraction of the workers this
+        stage should occupy (e.g. 1/slots for one expert of a MoE layer)."""
+        per_worker = total_bytes / max(1.0, self.workers * share)
+        n = ceil_div(int(total_bytes), max(int(per_worker), self.min_task_bytes))
+        n = max(1, min(n, self.max_tiles, ceil_div(rows, self.row_align)))
+        return n
+
+    def split(self, rows: int, tiles: int, align: int | None = None) -> list[tuple[int, int]]:
+        """`rows` cut into at most `tiles` ranges, each a multiple of `align` (but the last)."""
+        align = align or self.row_align
+        step = ceil_div(ceil_div(rows, tiles), align) * align
+        return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def attention_chunk(capacity: int, kv_heads: int, workers: int) -> int:
+    """Keys per attention chunk for a global layer: about one chunk per worker at full
+    context, and at least 64 keys so a chunk is worth a task."""
+    want = ceil_div(capacity * kv_heads, workers)
+    chunk = 64
+    while chunk < want:
+        chunk *= 2
+    return chunk
