@@ -47,9 +47,12 @@ def attention_block(g: Graph, layer: int, x: Buffer, state: Buffer, pol: TilePol
 
     q = g.buffer(f"{p}.q", t, nq)
     cache = g.buffer(f"{p}.kvcache", s.num_kv_heads, 1, kind="external")
+    kind = "global" if s.window is None else "swa"
+    rope = g.weight(f"rope.{kind}", "rope", rows=g.capacity, cols=cfg.rotary_dim(s) // 2, theta=s.rope_theta)
     for h in range(s.num_kv_heads):
         g.task(Op.ROPE_KV, {"qkv_off": At(qkv), "qkv_ld": Ld(qkv), "t": t, "kv": KV(layer), "kvh": h,
-                            "q_off": At(q), "q_ld": Ld(q), "state_off": At(state), "layer": layer},
+                            "q_off": At(q), "q_ld": Ld(q), "state_off": At(state), "w_rope": rope,
+                            "layer": layer},
                reads=[qkv.tile(0, t, h * grp * hd, (h + 1) * grp * hd),
                       qkv.tile(0, t, nq + h * hd, nq + (h + 1) * hd),
                       qkv.tile(0, t, nq + nk + h * vd, nq + nk + (h + 1) * vd), state.tile()],

@@ -110,7 +110,7 @@ class WeightDecl:
     """A weight the program reads; `kind` tells the runtime how to upload it."""
 
     name: str
-    kind: Literal["bf16", "mxfp4_bank", "vector"]
+    kind: Literal["bf16", "mxfp4_bank", "vector", "rope"]
     index: int
     detail: dict = field(default_factory=dict)
 
@@ -139,7 +139,7 @@ class Graph:
         self.buffers.append(b)
         return b
 
-    def weight(self, name: str, kind: Literal["bf16", "mxfp4_bank", "vector"], **detail) -> W:
+    def weight(self, name: str, kind: Literal["bf16", "mxfp4_bank", "vector", "rope"], **detail) -> W:
         if name not in self.weights:
             self.weights[name] = WeightDecl(name, kind, len(self.weights), detail)
         return W(name)

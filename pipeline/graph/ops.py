@@ -52,7 +52,7 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
            "bf16 GEMV/GEMM tile with fused input RMSNorm and optional residual add"),
     OpSpec(Op.LINEAR_SWIGLU, _X + ("w", "w2", "n0", "n1", "out_off", "out_ld"),
            "bf16 gate/up tile with fused RMSNorm and SiLU(gate) * up epilogue"),
-    OpSpec(Op.ROPE_KV, ("qkv_off", "qkv_ld", "t", "kv", "kvh", "q_off", "q_ld", "state_off", "layer"),
+    OpSpec(Op.ROPE_KV, ("qkv_off", "qkv_ld", "t", "kv", "kvh", "q_off", "q_ld", "state_off", "w_rope", "layer"),
            "partial rotate-half RoPE on q (one kv group) and k; K and scaled V into the cache"),
     OpSpec(Op.ATTN_PARTIAL, ("q_off", "q_ld", "t", "kv", "kvh", "chunk", "chunk_len", "part_off", "state_off",
                              "layer"),

@@ -1,0 +1,34 @@
+# tilewarp: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch (pip finds it on disk here); override for a CUDA build.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= test,nvrtc,demo,bench
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test test-fast demo bench clean headers
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(VENV)/bin/tilewarp generate --preset tiny --backend cpu --prompt "1 2 3 4 5 6 7 8" --max-tokens 48
+
+headers: setup
+	$(PY) tools/gen_headers.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
