@@ -43,10 +43,12 @@ class GenerationResult:
 
 class Engine:
     def __init__(self, weights: Weights, *, backend: Backend = "reference", capacity: int | None = None,
-                 device: str = "cpu", steps_per_call: int = 16, tokenizer_path: Path | None = None):
+                 device: str | None = None, steps_per_call: int = 16, tokenizer_path: Path | None = None):
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
         cfg = weights.cfg
+        # The megakernel reads the KV cache the (PyTorch) prefill writes: both on the GPU.
+        device = device or ("cuda" if backend == "megakernel" else "cpu")
         self.cfg = cfg
         self.weights = weights
         self.backend = backend

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
     p.add_argument("--stop", type=int, nargs="*", default=(), help="stop token ids")
     p.add_argument("--backend", choices=BACKENDS, default="reference")
     p.add_argument("--capacity", type=int, default=None, help="KV cache positions (default min(4096, context))")
-    p.add_argument("--device", default="cpu", help="torch device for prefill / the reference backend")
+    p.add_argument("--device", default=None, help="torch device for prefill and the reference backend "
+                   "(default: cuda for --backend megakernel, else cpu)")
     return "generate"
 
 

@@ -1,0 +1,37 @@
+// What every op sees: the launch parameters, the arena, the weight and layer tables, and
+// the CTA's shared memory carved into fixed regions.
+#pragma once
+#include "generated/abi.h"
+#include "generated/ops.h"
+#include "core/util.cuh"
+#include "core/rows.cuh"
+
+#define TW_SCRATCH_FLOATS (12 * 1024)
+#define TW_SMEM_BYTES ((2 * TW_MAX_T + TW_STAGE_FLOATS + TW_SCRATCH_FLOATS) * 4)
+
+struct TwCtx {
+    const TwParams* p;
+    float* arena;
+    int* arena_i;
+    const TwWeight* wt;
+    const TwLayer* layers;
+    int* s_tok;        // [TW_MAX_T]
+    float* s_inv;      // [TW_MAX_T]
+    float* s_stage;    // [TW_STAGE_FLOATS]
+    float* s_scratch;  // [TW_SCRATCH_FLOATS]
+    long long step;    // 1-based global step number of this iteration
+
+    __device__ const __nv_bfloat16* bf16(int wid) const {
+        return reinterpret_cast<const __nv_bfloat16*>(wt[wid].a);
+    }
+    __device__ const __nv_bfloat16* vec_or_null(int wid) const { return wid >= 0 ? bf16(wid) : nullptr; }
+    __device__ int pos(int state_off) const { return tw_ldi(arena_i + state_off + TW_STATE_POS); }
+};
+
+// Rows 0..n-1 of the arena matrix at x_off (stride ld) as GEMV input.
+__device__ __forceinline__ TwRows tw_dense_rows(const TwCtx& c, int x_off, int ld, int n, int k, int w_norm) {
+    if (threadIdx.x < n) c.s_tok[threadIdx.x] = threadIdx.x;
+    __syncthreads();
+    return tw_load_rows(c.arena + x_off, ld, c.s_tok, n, k, c.vec_or_null(w_norm), c.p->rms_eps, c.s_inv,
+                        c.s_stage);
+}

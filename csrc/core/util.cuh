@@ -1,0 +1,47 @@
+// Small device helpers shared by the ops: bf16 <-> fp32, L2-only loads of activations,
+// warp reductions, the CTA shape.
+//
+// Activations and the KV cache are written by other SMs during the step, so they are
+// read with ld.global.cg (L2, never a possibly stale L1 line). Weights never change
+// during a launch and go through the read-only path.
+#pragma once
+#include <cuda_bf16.h>
+
+#define TW_THREADS 256
+#define TW_WARPS (TW_THREADS / 32)
+#define TW_MAX_T 16
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+__device__ __forceinline__ float tw_bf16(const __nv_bfloat16 v) { return __bfloat162float(v); }
+
+__device__ __forceinline__ float tw_ld(const float* p) { return __ldcg(p); }
+__device__ __forceinline__ int tw_ldi(const int* p) { return __ldcg(p); }
+
+// 8 bf16 (16 bytes, read-only path) -> 8 floats.
+__device__ __forceinline__ void tw_bf16x8(const __nv_bfloat16* p, float out[8]) {
+    const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __bfloat1622float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ float tw_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float tw_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ int tw_warp() { return threadIdx.x >> 5; }
+__device__ __forceinline__ int tw_lane() { return threadIdx.x & 31; }

@@ -1,0 +1,104 @@
+// The resident megakernel: one CTA per worker (launched cooperatively, so all are
+// resident at once), each running its queue of task descriptors step after step.
+//
+// Per task the controller (thread 0) copies the descriptor to shared memory and resolves
+// its waits on monotonic event counters: counter >= need * step (the previous step's
+// count for loop-carried waits), every wait bounded in time. Then the whole CTA runs the
+// op, and after a barrier the controller releases the task's signal. A timeout or an
+// unknown op writes the error record, raises the abort flag and ends the kernel cleanly.
+//
+// Version 1 keeps the roles simple (a controller thread, every warp computing); loader
+// warps streaming weights ahead through a shared-memory ring are the next step (see
+// docs/perf-notes.md).
+#include "core/status.cuh"
+#include "core/events.cuh"
+#include "core/context.cuh"
+#include "ops/embed.cuh"
+#include "ops/linear.cuh"
+#include "ops/linear_swiglu.cuh"
+#include "ops/rope_kv.cuh"
+#include "ops/attn_partial.cuh"
+#include "ops/attn_merge.cuh"
+#include "ops/route.cuh"
+#include "ops/expert_up.cuh"
+#include "ops/expert_down.cuh"
+#include "ops/moe_combine.cuh"
+#include "ops/lm_head.cuh"
+#include "ops/sample.cuh"
+
+__device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_SAMPLE; }
+
+__device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
+    switch (op) {
+        case TW_OP_EMBED: tw_op_embed(c, a); break;
+        case TW_OP_LINEAR: tw_op_linear(c, a); break;
+        case TW_OP_LINEAR_SWIGLU: tw_op_linear_swiglu(c, a); break;
+        case TW_OP_ROPE_KV: tw_op_rope_kv(c, a); break;
+        case TW_OP_ATTN_PARTIAL: tw_op_attn_partial(c, a); break;
+        case TW_OP_ATTN_MERGE: tw_op_attn_merge(c, a); break;
+        case TW_OP_ROUTE: tw_op_route(c, a); break;
+        case TW_OP_EXPERT_UP: tw_op_expert_up(c, a); break;
+        case TW_OP_EXPERT_DOWN: tw_op_expert_down(c, a); break;
+        case TW_OP_MOE_COMBINE: tw_op_moe_combine(c, a); break;
+        case TW_OP_LM_HEAD: tw_op_lm_head(c, a); break;
+        case TW_OP_SAMPLE: tw_op_sample(c, a); break;
+        default: break;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const TwParams* __restrict__ pp) {
+    extern __shared__ float4 tw_smem[];
+    __shared__ TwDesc desc;
+    __shared__ int go;
+    const TwParams* p = pp;
+    float* smem = reinterpret_cast<float*>(tw_smem);
+    TwCtx c;
+    c.p = p;
+    c.arena = reinterpret_cast<float*>(p->arena);
+    c.arena_i = reinterpret_cast<int*>(p->arena);
+    c.wt = reinterpret_cast<const TwWeight*>(p->weights);
+    c.layers = reinterpret_cast<const TwLayer*>(p->layers);
+    c.s_tok = reinterpret_cast<int*>(smem);
+    c.s_inv = smem + TW_MAX_T;
+    c.s_stage = smem + 2 * TW_MAX_T;
+    c.s_scratch = c.s_stage + TW_STAGE_FLOATS;
+
+    const TwDesc* descs = reinterpret_cast<const TwDesc*>(p->desc);
+    const int* queue = reinterpret_cast<const int*>(p->queue);
+    const int* qs = reinterpret_cast<const int*>(p->queue_start);
+    tw_event_t* counters = reinterpret_cast<tw_event_t*>(p->counters);
+    TwStatus* status = reinterpret_cast<TwStatus*>(p->status);
+    volatile int* abort_flag = reinterpret_cast<volatile int*>(p->abort_flag);
+    const int q0 = qs[blockIdx.x], q1 = qs[blockIdx.x + 1];
+
+    for (int s = 0; s < p->n_steps; ++s) {
+        c.step = (long long)p->step_base + s + 1;
+        for (int qi = q0; qi < q1; ++qi) {
+            if (threadIdx.x == 0) {
+                const int task = queue[qi];
+                desc = descs[task];
+                int ok = 1;
+                if (!tw_known_op(desc.op)) {
+                    tw_report_error(status, abort_flag, TW_STATUS_BAD_OP, task, -1, 0, 0, desc.op);
+                    ok = 0;
+                }
+                for (int i = 0; ok && i < desc.n_wait; ++i) {
+                    const long long st = c.step - ((desc.wait_prev >> i) & 1);
+                    const unsigned long long need = (unsigned long long)desc.wait_need[i] * (unsigned long long)st;
+                    const int e = (int)desc.wait_event[i];
+                    ok = tw_event_wait(counters + e, need, p->wait_bound_ns, abort_flag, status, task, e, desc.op);
+                }
+                __threadfence();
+                go = ok;
+            }
+            __syncthreads();
+            if (!go) return;
+            tw_dispatch(c, desc.op, desc.args);
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence();
+                for (int i = 0; i < desc.n_signal; ++i) tw_event_signal(counters + desc.signal[i]);
+            }
+        }
+    }
+}

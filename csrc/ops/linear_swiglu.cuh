@@ -1,0 +1,23 @@
+// LINEAR_SWIGLU: out[t, n0:n1] = silu(norm?(x) Wg^T) * (norm?(x) Wu^T); bf16 weights.
+#pragma once
+#include "ops/gemv_bf16.cuh"
+
+__device__ __forceinline__ float tw_silu(float g) { return g / (1.f + expf(-g)); }
+
+__device__ void tw_op_linear_swiglu(const TwCtx& c, const int* a) {
+    const int t = a[TW_LINEAR_SWIGLU_T], k = a[TW_LINEAR_SWIGLU_K];
+    const TwRows x = tw_dense_rows(c, a[TW_LINEAR_SWIGLU_X_OFF], a[TW_LINEAR_SWIGLU_X_LD], t, k,
+                                   a[TW_LINEAR_SWIGLU_W_NORM]);
+    const __nv_bfloat16* wg = c.bf16(a[TW_LINEAR_SWIGLU_W]);
+    const __nv_bfloat16* wu = c.bf16(a[TW_LINEAR_SWIGLU_W2]);
+    for (int n = a[TW_LINEAR_SWIGLU_N0] + tw_warp(); n < a[TW_LINEAR_SWIGLU_N1]; n += TW_WARPS) {
+        float g[TW_MAX_T], u[TW_MAX_T];
+        tw_gemv_bf16_row(x, wg + (long long)n * k, g);
+        tw_gemv_bf16_row(x, wu + (long long)n * k, u);
+        if (tw_lane() == 0) {
+#pragma unroll
+            for (int r = 0; r < TW_MAX_T; ++r)
+                if (r < t) c.arena[a[TW_LINEAR_SWIGLU_OUT_OFF] + r * a[TW_LINEAR_SWIGLU_OUT_LD] + n] = tw_silu(g[r]) * u[r];
+        }
+    }
+}

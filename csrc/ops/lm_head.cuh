@@ -1,0 +1,43 @@
+// LM_HEAD: logits[t, n0:n1] = norm(x)[t] @ W[n0:n1]^T, plus (max, first argmax) per row of
+// the tile, the argmax stored as an exact float (vocab < 2^24).
+#pragma once
+#include "ops/gemv_bf16.cuh"
+
+__device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
+    const int t = a[TW_LM_HEAD_T], k = a[TW_LM_HEAD_K];
+    const TwRows x = tw_dense_rows(c, a[TW_LM_HEAD_X_OFF], a[TW_LM_HEAD_X_LD], t, k, a[TW_LM_HEAD_W_NORM]);
+    const __nv_bfloat16* w = c.bf16(a[TW_LM_HEAD_W]);
+    const int n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
+    float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
+    const int ld = a[TW_LM_HEAD_LOGITS_LD];
+    for (int n = n0 + tw_warp(); n < n1; n += TW_WARPS) {
+        float acc[TW_MAX_T];
+        tw_gemv_bf16_row(x, w + (long long)n * k, acc);
+        if (tw_lane() == 0) {
+#pragma unroll
+            for (int r = 0; r < TW_MAX_T; ++r)
+                if (r < t) logits[r * ld + n] = acc[r];
+        }
+    }
+    __syncthreads();
+    // Tile max / argmax: a warp per row.
+    for (int r = tw_warp(); r < t; r += TW_WARPS) {
+        float best = -INFINITY;
+        int arg = 0x7fffffff;
+        for (int n = n0 + tw_lane(); n < n1; n += 32) {
+            const float v = tw_ld(logits + r * ld + n);
+            if (v > best || (v == best && n < arg)) { best = v; arg = n; }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+            if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
+        }
+        if (tw_lane() == 0) {
+            float* b = c.arena + a[TW_LM_HEAD_BEST_OFF] + r * 2;
+            b[0] = best;
+            b[1] = (float)arg;
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// SAMPLE: greedy token per row from the tiles' (max, argmax), lowest id among equal maxima
+// (a global argmax). Writes this step's output row, feeds the token back for the next
+// decode step, advances the position and the step count.
+#pragma once
+#include "core/context.cuh"
+
+__device__ void tw_op_sample(const TwCtx& c, const int* a) {
+    const int t = a[TW_SAMPLE_T], nt = a[TW_SAMPLE_N_TILES];
+    const float* best = c.arena + a[TW_SAMPLE_BEST_OFF];
+    int* state = c.arena_i + a[TW_SAMPLE_STATE_OFF];
+    const int tok_off = a[TW_SAMPLE_TOK_OFF];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int step = tw_ldi(state + TW_STATE_STEP);
+        const int row = tok_off >= 0 ? step : 0;
+        for (int r = 0; r < t; ++r) {
+            float bv = -INFINITY, bi = 3.0e38f;
+            for (int i = 0; i < nt; ++i) {
+                const float v = tw_ld(best + (i * t + r) * 2), id = tw_ld(best + (i * t + r) * 2 + 1);
+                if (v > bv || (v == bv && id < bi)) { bv = v; bi = id; }
+            }
+            c.arena_i[a[TW_SAMPLE_OUT_OFF] + row * t + r] = (int)bi;
+            if (tok_off >= 0) c.arena_i[tok_off + r] = (int)bi;
+        }
+        state[TW_STATE_POS] = tw_ldi(state + TW_STATE_POS) + t;
+        state[TW_STATE_STEP] = step + 1;
+    }
+}

@@ -1,0 +1,225 @@
+"""Running a `Program` on the GPU in the resident megakernel.
+
+`MegakernelRunner` compiles `csrc/megakernel.cu` (NVRTC, cached), uploads the program,
+the weight table and the layer table (whose KV pointers are the torch tensors of a
+`KVCache` on the GPU, so a PyTorch prefill fills exactly what the kernel reads), and
+launches one cooperative grid of `program.workers` CTAs per host call. Event counters
+live on the device and are never reset: each launch passes the number of steps already
+run as its base. After every launch the error record is read; a wait that timed out
+becomes a `DeviceTimeoutError` naming the worker, task, op, event and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tilewarp.pipeline.config import ModelConfig
+from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError, GraphError, InputError
+from tilewarp.pipeline.graph.ops import STATE_POS, STATE_STEP, Op
+from tilewarp.pipeline.graph.step import build_decode_step
+from tilewarp.pipeline.kv_cache import KVCache
+from tilewarp.pipeline.lower import Program, lower
+from tilewarp.pipeline.schedule import DeviceModel, schedule
+from tilewarp.pipeline.weight_table import weight_table
+from tilewarp.pipeline.weights import Weights
+
+from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
+from .nvrtc_build import compile_cubin, csrc_dir
+
+log = logging.getLogger("tilewarp.megakernel")
+
+THREADS = 256
+SMEM_BYTES = (2 * 16 + 40 * 1024 + 12 * 1024) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
+DEFAULT_WAIT_BOUND_S = 2.0
+
+
+def _cu():
+    try:
+        from cuda.bindings import driver as cu
+    except ImportError as e:
+        raise DeviceError("cuda-bindings is not installed: pip install 'tilewarp[cuda13]' (or [cuda12])") from e
+    return cu
+
+
+def _check(res):
+    cu = _cu()
+    err = res[0] if isinstance(res, tuple) else res
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise DeviceError(f"CUDA driver call failed: {cu.cuGetErrorName(err)[1].decode()}")
+    if isinstance(res, tuple):
+        return res[1] if len(res) == 2 else res[1:]
+    return None
+
+
+def build_megakernel(cache_dir: str | Path | None = None):
+    """Compile the whole megakernel for sm_90a (cached); returns the BuildResult."""
+    return compile_cubin(csrc_dir() / "megakernel.cu", name="megakernel.cu", cache_dir=cache_dir)
+
+
+def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
+    t = np.zeros(cfg.num_layers, dtype=LAYER_DTYPE)
+    for i in range(cfg.num_layers):
+        s = cfg.attn(i)
+        t[i] = (cache.k[i].data_ptr(), cache.v[i].data_ptr(), cache.slots(i), s.num_kv_heads, s.num_heads,
+                s.head_dim, s.v_head_dim, cfg.rotary_dim(s), -1 if s.window is None else s.window, 0)
+    return t
+
+
+class MegakernelRunner:
+    def __init__(self, program: Program, weights: Weights, cache: KVCache, *,
+                 wait_bound_s: float = DEFAULT_WAIT_BOUND_S, device: int = 0):
+        cfg = weights.cfg
+        if not torch.cuda.is_available():
+            raise DeviceError("no CUDA device: the megakernel backend needs a GPU")
+        if program.model != cfg.name or program.capacity != cache.capacity:
+            raise GraphError("program, weights and KV cache do not belong together")
+        if cache.k[0].device.type != "cuda":
+            raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
+        if cfg.n_group > 1:
+            raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
+        if program.tokens > 16:
+            raise GraphError("the megakernel takes at most 16 tokens per step")
+        self.p, self.cfg, self.cache = program, cfg, cache
+        self.dev = torch.device("cuda", device)
+        cu = _cu()
+        torch.cuda.init()
+        _check(cu.cuInit(0))
+        cudev = _check(cu.cuDeviceGet(device))
+        self._ctx = _check(cu.cuDevicePrimaryCtxRetain(cudev))
+        _check(cu.cuCtxSetCurrent(self._ctx))
+        sms = torch.cuda.get_device_properties(self.dev).multi_processor_count
+        if program.workers > sms:
+            raise GraphError(f"program has {program.workers} workers but the GPU has {sms} SMs; "
+                             "a resident kernel needs one SM per worker")
+        build = build_megakernel()
+        self.report = build.report.kernel("tw_megakernel")
+        self._image = np.frombuffer(build.cubin, dtype=np.uint8).copy()
+        self._module = _check(cu.cuModuleLoadData(self._image.ctypes.data))
+        self._fn = _check(cu.cuModuleGetFunction(self._module, b"tw_megakernel"))
+        _check(cu.cuFuncSetAttribute(self._fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                     SMEM_BYTES))
+
+        up = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.dev)
+        self.desc = up(program.desc.view(np.uint8))
+        self.queue = up(program.queue.astype(np.int32))
+        self.queue_start = up(program.queue_start.astype(np.int32))
+        self.counters = torch.zeros(len(program.event_need), dtype=torch.int64, device=self.dev)
+        self.arena = torch.zeros(program.arena_words, dtype=torch.float32, device=self.dev)
+        self.status = torch.zeros(STATUS_DTYPE.itemsize, dtype=torch.uint8, device=self.dev)
+        self.abort = torch.zeros(1, dtype=torch.int32, device=self.dev)
+        self.trace = torch.zeros(8, dtype=torch.int64, device=self.dev)
+        self.tables = [{k: v.to(self.dev).contiguous() for k, v in entry.items()}
+                       for entry in weight_table(program.weights, weights)]
+        wt = np.zeros(len(program.weights), dtype=WEIGHT_DTYPE)
+        for w in program.weights:
+            entry = self.tables[w.index]
+            a = entry.get("w", entry.get("codes", entry.get("cos")))
+            b = entry.get("scales", entry.get("sin"))
+            wt[w.index] = (a.data_ptr(), 0 if b is None else b.data_ptr(), w.detail.get("rows", a.shape[0]),
+                           w.detail.get("cols", w.detail.get("size", a.shape[-1])), w.detail.get("experts", 0),
+                           WEIGHT_KINDS[w.kind])
+        self.weight_ptrs = up(wt.view(np.uint8))
+        self.layers = up(_layer_table(cfg, cache).view(np.uint8))
+        self.wait_bound_ns = int(wait_bound_s * 1e9)
+        self.steps_done = 0
+        self._state = program.buffer("state").offset
+        self._tokens = program.buffer("tokens").offset
+        self._out = program.buffer("out_tokens")
+        log.info("megakernel ready: %d tasks on %d workers, %d registers, arena %.1f MB", program.n_tasks,
+                 program.workers, self.report.registers, program.arena_words * 4 / 1e6)
+
+    # ------------------------------------------------------------------ run
+    def _params(self, steps: int) -> torch.Tensor:
+        p = np.zeros(1, dtype=PARAMS_DTYPE)
+        c = self.cfg
+        p[0] = (self.desc.data_ptr(), self.queue.data_ptr(), self.queue_start.data_ptr(), self.counters.data_ptr(),
+                self.arena.data_ptr(), self.weight_ptrs.data_ptr(), self.layers.data_ptr(), self.status.data_ptr(),
+                self.abort.data_ptr(), self.trace.data_ptr(), self.p.n_tasks, self.p.workers, steps, self.steps_done,
+                self.wait_bound_ns, c.rms_eps, c.value_scale, c.routed_scaling, c.num_experts, c.top_k,
+                int(c.norm_topk_prob), 0, 0)
+        return torch.from_numpy(p.view(np.uint8).copy()).to(self.dev)
+
+    def launch(self, steps: int) -> None:
+        cu = _cu()
+        params = self._params(steps)
+        arg = np.array([params.data_ptr()], dtype=np.uint64)
+        argv = np.array([arg.ctypes.data], dtype=np.uint64)
+        stream = torch.cuda.current_stream(self.dev).cuda_stream
+        _check(cu.cuLaunchCooperativeKernel(self._fn, self.p.workers, 1, 1, THREADS, 1, 1, SMEM_BYTES, stream,
+                                            argv.ctypes.data))
+        torch.cuda.synchronize(self.dev)
+        self.steps_done += steps
+        self._raise_on_error()
+
+    def _raise_on_error(self) -> None:
+        st = np.frombuffer(self.status.cpu().numpy().tobytes(), dtype=STATUS_DTYPE)[0]
+        code = int(st["code"])
+        if code == 0:
+            return
+        self.steps_done = -1   # counters are inconsistent now; this runner cannot be reused
+        task = int(st["task"])
+        what = self.p.describe(task) if 0 <= task < self.p.n_tasks else f"task {task}"
+        msg = (f"megakernel: {STATUS_CODES.get(code, f'error {code}')} on worker {int(st['sm'])} at {what}, "
+               f"op {Op(int(st['op'])).name if int(st['op']) in {int(o) for o in Op} else int(st['op'])}")
+        if code == 1:
+            raise DeviceTimeoutError(f"{msg}: event {int(st['event'])} reached {int(st['seen'])} of "
+                                     f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
+        raise DeviceError(msg)
+
+    def _begin(self, tokens: list[int]) -> None:
+        if self.steps_done < 0:
+            raise DeviceError("this megakernel runner stopped on an error; build a new one")
+        bad = [x for x in tokens if not 0 <= x < self.cfg.vocab_size]
+        if bad or len(tokens) != self.p.tokens:
+            raise InputError(f"tokens {tokens}: need {self.p.tokens} ids in [0, {self.cfg.vocab_size})")
+        ints = self.arena.view(torch.int32)
+        ints[self._tokens:self._tokens + len(tokens)] = torch.tensor(tokens, dtype=torch.int32, device=self.dev)
+        ints[self._state + STATE_POS] = self.cache.length
+        ints[self._state + STATE_STEP] = 0
+
+    def decode(self, token: int, steps: int) -> list[int]:
+        """Feed `token` and run `steps` chained greedy decode steps in one launch."""
+        if self.p.kind != "decode":
+            raise GraphError("decode() needs a decode program")
+        if not 1 <= steps <= self._out.rows:
+            raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
+        self.cache.check_room(steps)
+        self._begin([token])
+        self.launch(steps)
+        self.cache.length += steps
+        ints = self.arena.view(torch.int32)
+        return ints[self._out.offset:self._out.offset + steps].tolist()
+
+    def verify(self, tokens: list[int]) -> tuple[torch.Tensor, list[int]]:
+        if self.p.kind != "verify":
+            raise GraphError("verify() needs a verify program")
+        self.cache.check_room(len(tokens))
+        self._begin(list(tokens))
+        self.launch(1)
+        self.cache.length += len(tokens)
+        return self.logits(), self.arena.view(torch.int32)[self._out.offset:self._out.offset + self.p.tokens].tolist()
+
+    def logits(self) -> torch.Tensor:
+        lg = self.p.buffer("logits")
+        return self.arena[lg.offset:lg.offset + lg.rows * lg.cols].view(lg.rows, lg.cols).clone()
+
+
+class MegakernelBackend:
+    """Engine backend: greedy steps chained inside one launch."""
+
+    def __init__(self, weights: Weights, cache: KVCache, *, workers: int | None = None):
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+        program = lower(schedule(build_decode_step(weights.cfg, capacity=cache.capacity),
+                                 DeviceModel(workers=workers or sms)))
+        self.runner = MegakernelRunner(program, weights, cache)
+
+    def feed(self, token: int) -> torch.Tensor:
+        self.runner.decode(token, 1)
+        return self.runner.logits()[-1]
+
+    def feed_greedy(self, token: int, n: int) -> list[int]:
+        return self.runner.decode(token, n)

@@ -1,0 +1,19 @@
+"""CI, no GPU: the whole megakernel compiles for sm_90a through NVRTC, and its hot
+kernel has no register spills and no stack frame."""
+
+import pytest
+
+pytest.importorskip("cuda.bindings.nvrtc", reason="nvrtc extra not installed: pip install -e '.[nvrtc]'")
+
+from tilewarp.runtime.megakernel import SMEM_BYTES, build_megakernel  # noqa: E402
+
+
+@pytest.mark.slow
+def test_the_megakernel_compiles_for_sm90a_with_no_spills_and_no_stack(tmp_path):
+    build = build_megakernel(cache_dir=tmp_path)
+    k = build.report.kernel("tw_megakernel")
+    assert build.cubin[:4] == b"\x7fELF"
+    assert k.spill_store_bytes == 0 and k.spill_load_bytes == 0, k
+    assert k.stack_frame_bytes == 0, k
+    assert k.registers <= 255, k
+    assert k.shared_bytes + SMEM_BYTES <= 227 * 1024, "static + dynamic shared memory must fit one SM"
