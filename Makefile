@@ -27,6 +27,10 @@ test-fast: setup
 demo: setup
 	$(VENV)/bin/tilewarp generate --preset tiny --backend cpu --prompt "1 2 3 4 5 6 7 8" --max-tokens 48
 
+# Needs a CUDA GPU; `tilewarp bench --preset all --dry-run` shows the plan anywhere.
+bench: setup
+	$(VENV)/bin/tilewarp bench --preset mimo-mini
+
 headers: setup
 	$(PY) tools/gen_headers.py
 

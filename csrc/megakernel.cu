@@ -58,9 +58,10 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
     c.arena_i = reinterpret_cast<int*>(p->arena);
     c.wt = reinterpret_cast<const TwWeight*>(p->weights);
     c.layers = reinterpret_cast<const TwLayer*>(p->layers);
+    // Fixed 16-entry token and norm regions keep the stage 128-byte aligned for any TW_MAX_T.
     c.s_tok = reinterpret_cast<int*>(smem);
-    c.s_inv = smem + TW_MAX_T;
-    c.s_stage = smem + 2 * TW_MAX_T;
+    c.s_inv = smem + 16;
+    c.s_stage = smem + 32;
     c.s_scratch = c.s_stage + TW_STAGE_FLOATS;
 
     const TwDesc* descs = reinterpret_cast<const TwDesc*>(p->desc);

@@ -41,6 +41,12 @@ class CpuExecutor:
         self.steps_done = 0   # counters are never reset: steps keep counting across runs
         self.ops = [Op(int(o)) for o in program.desc["op"]]
         self.args = [dict(zip(OPS[op].args, row.tolist())) for op, row in zip(self.ops, program.desc["args"])]
+        # (event, need per step, counts the previous step) per wait, unpacked once: reading
+        # the structured descriptor array on every readiness check dominated the run time.
+        d = program.desc
+        self._waits = [[(int(d["wait_event"][t][i]), int(d["wait_need"][t][i]), bool(int(d["wait_prev"][t]) >> i & 1))
+                        for i in range(int(d["n_wait"][t]))] for t in range(program.n_tasks)]
+        self._signals = [[int(e) for e in d["signal"][t][:int(d["n_signal"][t])]] for t in range(program.n_tasks)]
         self._state = program.buffer("state").offset
         self._tokens = program.buffer("tokens").offset
         self._out = program.buffer("out_tokens")
@@ -92,11 +98,8 @@ class CpuExecutor:
 
     # ----------------------------------------------------------- device side
     def _ready(self, task: int, step: int) -> tuple[bool, int]:
-        d = self.p.desc[task]
-        for i in range(int(d["n_wait"])):
-            e = int(d["wait_event"][i])
-            s = step - 1 if (int(d["wait_prev"]) >> i) & 1 else step
-            if self.counters[e] < int(d["wait_need"][i]) * s:
+        for e, need, prev in self._waits[task]:
+            if self.counters[e] < need * (step - 1 if prev else step):
                 return False, e
         return True, -1
 
@@ -115,8 +118,8 @@ class CpuExecutor:
             w = rng.choice(ready) if order == "random" else ready[0]
             task = queues[w][cursor[w]]
             IMPLS[self.ops[task]](self.ctx, self.args[task])
-            for i in range(int(self.p.desc["n_signal"][task])):
-                self.counters[int(self.p.desc["signal"][task][i])] += 1
+            for e in self._signals[task]:
+                self.counters[e] += 1
             cursor[w] += 1
             if cursor[w] == len(queues[w]):
                 cursor[w] = 0

@@ -9,13 +9,17 @@ the arena size and the buffer, weight and access tables.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import GraphError
-from .graph.ir import KV, At, Ld, W
+from .gc_pause import without_gc
+from .graph.deps import access_rows
+from .graph.ir import KV, At, Graph, Ld, W
 from .graph.ops import N_ARGS, OPS, Op
 from .schedule import MAX_WAITS, Schedule
 
@@ -30,9 +34,11 @@ DESC_ARGS = N_ARGS - 1
 assert DESC_DTYPE.itemsize == 128, DESC_DTYPE.itemsize
 assert all(len(s.args) <= DESC_ARGS for s in OPS.values())
 
-#: One row per tile a task touches: what validation checks the events against.
-ACCESS_DTYPE = np.dtype([("task", "<i4"), ("mode", "<i4"), ("space", "<i4"), ("base", "<i8"), ("ld", "<i4"),
-                         ("r0", "<i4"), ("r1", "<i4"), ("c0", "<i4"), ("c1", "<i4")])
+#: One row per tile a task touches: what validation checks the events against. `buf`
+#: (index into `Program.buffers`) keeps two buffers apart even where the arena plan put
+#: them on the same words; `space` is 0 for the arena, 1 + buffer index outside it.
+ACCESS_DTYPE = np.dtype([("task", "<i4"), ("mode", "<i4"), ("buf", "<i4"), ("space", "<i4"), ("base", "<i8"),
+                         ("ld", "<i4"), ("r0", "<i4"), ("r1", "<i4"), ("c0", "<i4"), ("c1", "<i4")])
 
 
 @dataclass
@@ -104,23 +110,29 @@ class Program:
 
     @classmethod
     def load(cls, path: str | Path) -> "Program":
+        # Everything that can fail on a foreign or damaged file fails inside this block
+        # (a truncated zip raises BadZipFile, a foreign header KeyError or TypeError).
         try:
-            z = np.load(Path(path), allow_pickle=False)
-            header = json.loads(bytes(z["header"]).decode())
-            desc = z["desc"]
-        except (OSError, ValueError, KeyError) as e:
-            raise GraphError(f"{path}: not a tilewarp program ({e})") from None
-        if desc.dtype != DESC_DTYPE:
+            with np.load(Path(path), allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                arrays = {k: z[k] for k in ("desc", "queue_start", "queue", "event_need", "access")}
+            prog = cls(header["model"], header["kind"], header["tokens"], header["capacity"], header["workers"],
+                       arrays["desc"], arrays["queue_start"], arrays["queue"], arrays["event_need"],
+                       header["arena_words"], [BufferInfo(**b) for b in header["buffers"]],
+                       [WeightInfo(**w) for w in header["weights"]], arrays["access"], header["stages"],
+                       header["meta"])
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            raise GraphError(f"{path}: not a tilewarp program ({type(e).__name__}: {e})") from None
+        if prog.desc.dtype != DESC_DTYPE:
             raise GraphError(f"{path}: descriptor layout differs from this tilewarp version")
-        return cls(header["model"], header["kind"], header["tokens"], header["capacity"], header["workers"],
-                   desc, z["queue_start"], z["queue"], z["event_need"], header["arena_words"],
-                   [BufferInfo(**b) for b in header["buffers"]], [WeightInfo(**w) for w in header["weights"]],
-                   z["access"], header["stages"], header["meta"])
+        if prog.access.dtype != ACCESS_DTYPE:
+            raise GraphError(f"{path}: access table layout differs from this tilewarp version")
+        return prog
 
 
-def lower(s: Schedule) -> Program:
-    g = s.graph
-    n = len(g.tasks)
+def _resolver(g: Graph) -> Callable[[object], int]:
+    """Symbolic argument -> int32 value: At = arena word offset, Ld = row stride, W =
+    weight table id, KV = cache table id (the layer)."""
     weight_ids = {name: d.index for name, d in g.weights.items()}
 
     def resolve(v: object) -> int:
@@ -135,33 +147,76 @@ def lower(s: Schedule) -> Program:
         if isinstance(v, KV):
             return v.layer
         return int(v)  # type: ignore[arg-type]
+    return resolve
 
-    desc = np.zeros(n, dtype=DESC_DTYPE)
-    args = np.zeros((n, DESC_ARGS), dtype=np.int64)
-    n_access = sum(len(t.reads) + len(t.writes) for t in g.tasks)
-    access = np.zeros(n_access, dtype=ACCESS_DTYPE)
-    rows = []
+
+def _args(s: Schedule) -> np.ndarray:
+    """int64 [tasks, DESC_ARGS]: each task's arguments in its op's order, resolved."""
+    g = s.graph
+    resolve = _resolver(g)
+    args = np.zeros((len(g.tasks), DESC_ARGS), dtype=np.int64)
+    by_op: dict[Op, tuple[list[int], list[list[int]]]] = {}
+    memo: dict[int, int] = {}   # id -> value: builders share argument objects between tasks
     for t in g.tasks:
-        spec = OPS[t.op]
-        args[t.index, :len(spec.args)] = [resolve(t.args[a]) for a in spec.args]
-        w = s.waits[t.index]
-        d = desc[t.index]
-        d["op"], d["n_wait"], d["n_signal"], d["task"] = int(t.op), len(w), 1, t.index
-        d["signal"][0] = s.group_of[t.index]
-        for i, (grp, delta) in enumerate(w):
-            d["wait_event"][i] = grp
-            d["wait_need"][i] = s.group_size[grp]
-            if delta:
-                d["wait_prev"] |= 1 << i
-        for mode, tiles in ((0, t.reads), (1, t.writes)):
-            for tl in tiles:
-                b = tl.buf
-                space = 0 if b.kind != "external" else 1 + b.index
-                rows.append((t.index, mode, space, max(b.offset, 0), b.cols, tl.r0, tl.r1, tl.c0, tl.c1))
+        names = OPS[t.op].args
+        vals = t.args.values() if tuple(t.args) == names else [t.args[a] for a in names]
+        idx, rows = by_op.setdefault(t.op, ([], []))
+        idx.append(t.index)
+        row = []
+        for v in vals:
+            if type(v) is not int:
+                r = memo.get(id(v))
+                if r is None:
+                    r = memo[id(v)] = resolve(v)
+                v = r
+            row.append(v)
+        rows.append(row)
+    for op, (idx, rows) in by_op.items():
+        args[idx, :len(OPS[op].args)] = rows
+    return args
+
+
+def _access(s: Schedule) -> np.ndarray:
+    """ACCESS_DTYPE rows in build order (per task: reads, then writes)."""
+    g = s.graph
+    raw = access_rows(g)   # buffer, task, mode, r0, r1, c0, c1
+    ext = np.asarray([b.kind == "external" for b in g.buffers], bool)
+    base = np.asarray([max(b.offset, 0) for b in g.buffers], np.int64)
+    cols = np.asarray([b.cols for b in g.buffers], np.int64)
+    buf = raw[:, 0]
+    access = np.zeros(len(raw), dtype=ACCESS_DTYPE)
+    access["task"], access["mode"], access["buf"] = raw[:, 1], raw[:, 2], buf
+    access["space"] = np.where(ext[buf], 1 + buf, 0)
+    access["base"], access["ld"] = base[buf], cols[buf]
+    for k, name in enumerate(("r0", "r1", "c0", "c1")):
+        access[name] = raw[:, 3 + k]
+    return access
+
+
+@without_gc
+def lower(s: Schedule) -> Program:
+    g = s.graph
+    n = len(g.tasks)
+    args = _args(s)
     if np.abs(args).max(initial=0) >= 2**31:
         raise GraphError("an argument does not fit in int32 (arena too large?)")
+
+    desc = np.zeros(n, dtype=DESC_DTYPE)
+    desc["op"] = [int(t.op) for t in g.tasks]
+    desc["n_wait"] = [len(w) for w in s.waits]
+    desc["n_signal"] = 1
+    desc["task"] = np.arange(n)
+    desc["signal"][:, 0] = s.group_of
+    flat = [(t, i, grp, delta) for t, w in enumerate(s.waits) for i, (grp, delta) in enumerate(w)]
+    if flat:
+        t, i, grp, delta = np.asarray(flat, dtype=np.int64).T
+        desc["wait_event"][t, i] = grp
+        desc["wait_need"][t, i] = np.asarray(s.group_size, np.int64)[grp]
+        prev = np.zeros(n, np.int64)
+        np.bitwise_or.at(prev, t[delta != 0], 1 << i[delta != 0])
+        desc["wait_prev"] = prev
     desc["args"] = args.astype(np.int32)
-    access[:] = rows
+
     counts = [len(q) for q in s.queues]
     queue_start = np.zeros(len(s.queues) + 1, dtype=np.int32)
     queue_start[1:] = np.cumsum(counts)
@@ -175,4 +230,4 @@ def lower(s: Schedule) -> Program:
         arena_words=s.arena_words,
         buffers=[BufferInfo(b.name, b.offset, b.rows, b.cols, b.dtype, b.kind) for b in g.buffers],
         weights=[WeightInfo(d.name, d.kind, d.index, d.detail) for d in g.weights.values()],
-        access=access, stages=[t.stage for t in g.tasks], meta=meta)
+        access=_access(s), stages=[t.stage for t in g.tasks], meta=meta)

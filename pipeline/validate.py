@@ -132,33 +132,44 @@ def _simulate(p: Program, steps: int = 2) -> tuple[np.ndarray, np.ndarray, np.nd
     return vc, worker_of, qpos
 
 
+def _word_ranges(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) arena words spanned by each access (a tile's first to last word)."""
+    lo = a["base"] + a["r0"].astype(np.int64) * a["ld"] + a["c0"]
+    hi = a["base"] + (a["r1"].astype(np.int64) - 1) * a["ld"] + a["c1"]
+    return lo, hi
+
+
 def _hazards(p: Program) -> tuple[np.ndarray, np.ndarray]:
     """Conflicting access pairs (earlier task, later task) in build order, plus the
-    loop-carried ones (task late in step s, task early in step s+1)."""
+    loop-carried ones (task late in step s, task early in step s+1).
+
+    Within one buffer, tiles are compared in (row, col) coordinates. Different buffers
+    that share arena words (reuse) are compared by word ranges, and must not be live at
+    the same time: the sequential meaning itself would be wrong if a write to one
+    clobbered the other between two of its accesses, however well the events order them.
+    """
     acc = p.access
-    kinds = {b.offset: b.kind for b in p.buffers if b.kind != "external"}
-    key = np.stack([acc["space"], acc["base"]], axis=1)
+    order = np.lexsort((acc["task"], acc["buf"]))
+    acc = acc[order]
+    bounds = np.flatnonzero(np.diff(acc["buf"])) + 1
+    groups = np.split(np.arange(len(acc)), bounds)
     same: list[np.ndarray] = []
     carried: list[np.ndarray] = []
-    order = np.lexsort((acc["task"], acc["base"], acc["space"]))
-    acc, key = acc[order], key[order]
-    bounds = np.flatnonzero((np.diff(key, axis=0) != 0).any(axis=1)) + 1
-    groups = np.split(np.arange(len(acc)), bounds)
     cols = lambda a: np.stack([a["task"], a["mode"], a["r0"], a["r1"], a["c0"], a["c1"]], axis=1).astype(np.int64)
     for idx in groups:
         part = acc[idx]
         i, j = conflicts(cols(part))
         ti, tj = part["task"][i], part["task"][j]
         same.append(np.stack([ti[ti < tj], tj[ti < tj]], axis=1))
-        if part["space"][0] == 0 and kinds.get(int(part["base"][0])) == "carried":
+        if p.buffers[int(part["buf"][0])].kind == "carried":
             carried.append(np.stack([ti[ti > tj], tj[ti > tj]], axis=1))
     # Different buffers sharing arena words (reuse): compare word intervals.
-    arena = [g for g in groups if acc["space"][g[0]] == 0]
     ext = []
-    for g in arena:
+    for g in groups:
+        if acc["space"][g[0]] != 0:
+            continue
         a = acc[g]
-        lo = a["base"] + a["r0"].astype(np.int64) * a["ld"] + a["c0"]
-        hi = a["base"] + (a["r1"].astype(np.int64) - 1) * a["ld"] + a["c1"]
+        lo, hi = _word_ranges(a)
         ext.append((int(lo.min()), int(hi.max()), a, lo, hi))
     ext.sort(key=lambda e: e[0])
     for x in range(len(ext)):
@@ -170,7 +181,14 @@ def _hazards(p: Program) -> tuple[np.ndarray, np.ndarray]:
             ov = (alo[:, None] < bhi[None, :]) & (blo[None, :] < ahi[:, None])
             ov &= (a["mode"][:, None] == 1) | (b["mode"][None, :] == 1)
             i, j = np.nonzero(ov)
+            if not len(i):
+                continue
             ta, tb = a["task"][i], b["task"][j]
+            if not (ta.max() < tb.min() or tb.max() < ta.min()):
+                na, nb = p.buffers[int(a["buf"][0])].name, p.buffers[int(b["buf"][0])].name
+                raise GraphError(f"buffers {na} and {nb} share arena words while both are live: tasks "
+                                 f"{int(ta.min())}..{int(ta.max())} use {na} and tasks {int(tb.min())}..{int(tb.max())} "
+                                 f"use {nb} on the same words")
             lo_t, hi_t = np.minimum(ta, tb), np.maximum(ta, tb)
             keep = lo_t != hi_t
             same.append(np.stack([lo_t[keep], hi_t[keep]], axis=1))

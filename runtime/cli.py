@@ -10,7 +10,7 @@ import sys
 
 from tilewarp.pipeline.errors import TilewarpError
 
-COMMANDS = ("generate", "inspect", "make_checkpoint", "graph")
+COMMANDS = ("generate", "inspect", "make_checkpoint", "graph", "bench")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,9 +55,19 @@ def _check(res):
     return None
 
 
-def build_megakernel(cache_dir: str | Path | None = None):
-    """Compile the whole megakernel for sm_90a (cached); returns the BuildResult."""
-    return compile_cubin(csrc_dir() / "megakernel.cu", name="megakernel.cu", cache_dir=cache_dir)
+def max_t_bucket(tokens: int) -> int:
+    """TW_MAX_T for a program of `tokens` tokens: the next power of two (1, 2, 4, 8, 16)."""
+    b = 1
+    while b < tokens:
+        b *= 2
+    return b
+
+
+def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
+    """Compile the whole megakernel for sm_90a and steps of up to `tokens` tokens (one
+    cubin per power-of-two bucket, cached); returns the BuildResult."""
+    return compile_cubin(csrc_dir() / "megakernel.cu", name="megakernel.cu", cache_dir=cache_dir,
+                         defines={"TW_MAX_T": max_t_bucket(tokens)})
 
 
 def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
@@ -95,11 +105,14 @@ class MegakernelRunner:
         if program.workers > sms:
             raise GraphError(f"program has {program.workers} workers but the GPU has {sms} SMs; "
                              "a resident kernel needs one SM per worker")
-        build = build_megakernel()
-        self.report = build.report.kernel("tw_megakernel")
+        build = build_megakernel(program.tokens)
         self._image = np.frombuffer(build.cubin, dtype=np.uint8).copy()
         self._module = _check(cu.cuModuleLoadData(self._image.ctypes.data))
         self._fn = _check(cu.cuModuleGetFunction(self._module, b"tw_megakernel"))
+        attr = cu.CUfunction_attribute
+        # What the driver reports for the loaded kernel (not every NVRTC prints ptxas -v).
+        self.registers = _check(cu.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, self._fn))
+        self.local_bytes = _check(cu.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, self._fn))
         _check(cu.cuFuncSetAttribute(self._fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                      SMEM_BYTES))
 
@@ -130,7 +143,7 @@ class MegakernelRunner:
         self._tokens = program.buffer("tokens").offset
         self._out = program.buffer("out_tokens")
         log.info("megakernel ready: %d tasks on %d workers, %d registers, arena %.1f MB", program.n_tasks,
-                 program.workers, self.report.registers, program.arena_words * 4 / 1e6)
+                 program.workers, self.registers, program.arena_words * 4 / 1e6)
 
     # ------------------------------------------------------------------ run
     def _params(self, steps: int) -> torch.Tensor:

@@ -1,13 +1,14 @@
 // What every op sees: the launch parameters, the arena, the weight and layer tables, and
 // the CTA's shared memory carved into fixed regions.
 #pragma once
+#include "core/status.cuh"
 #include "generated/abi.h"
 #include "generated/ops.h"
 #include "core/util.cuh"
 #include "core/rows.cuh"
 
 #define TW_SCRATCH_FLOATS (12 * 1024)
-#define TW_SMEM_BYTES ((2 * TW_MAX_T + TW_STAGE_FLOATS + TW_SCRATCH_FLOATS) * 4)
+#define TW_SMEM_BYTES ((32 + TW_STAGE_FLOATS + TW_SCRATCH_FLOATS) * 4)   // see runtime/megakernel.py SMEM_BYTES
 
 struct TwCtx {
     const TwParams* p;

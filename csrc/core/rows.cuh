@@ -1,8 +1,9 @@
 // Input rows of a GEMV-like task, with the fused RMSNorm applied once.
 //
-// A task reads T <= 16 activation rows (tokens) of K floats. They are normalised
-// (x * rsqrt(mean(x^2) + eps) * w_norm, as the reference computes) and staged in shared
-// memory when T*K fits; otherwise each read goes to L2 and normalises on the fly.
+// A task reads T <= 16 activation rows (tokens) of K floats. They are staged in shared
+// memory in one vectorised pass (all threads, 16-byte L2 loads, many in flight), then
+// normalised in place (x * rsqrt(mean(x^2) + eps) * w_norm, as the reference computes).
+// Rows too large for the stage are read from L2 and normalised on the fly.
 #pragma once
 #include "core/util.cuh"
 
@@ -30,26 +31,42 @@ struct TwRows {
 __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
                                const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem) {
     const int w = tw_warp(), lane = tw_lane();
+    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
+    const bool stage = n * k <= TW_STAGE_FLOATS && (k & 3) == 0 && (ld & 3) == 0
+                       && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
+    if (stage) {
+        const int k4 = k / 4;
+        for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
+            const int r = i / k4, c4 = i - r * k4;
+            reinterpret_cast<float4*>(stage_smem)[i] =
+                __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + c4);
+        }
+        __syncthreads();
+    }
     for (int r = w; r < n; r += TW_WARPS) {
         float ss = 0.f;
-        const float* row = src + (long long)tok_smem[r] * ld;
-        for (int c = lane; c < k; c += 32) {
-            const float v = tw_ld(row + c);
-            ss += v * v;
+        if (stage) {
+            for (int c = lane; c < k; c += 32) ss += stage_smem[r * k + c] * stage_smem[r * k + c];
+        } else {
+            const float* row = src + (long long)tok_smem[r] * ld;
+            for (int c = lane; c < k; c += 32) {
+                const float v = tw_ld(row + c);
+                ss += v * v;
+            }
         }
         ss = tw_warp_sum(ss);
         if (lane == 0) inv_smem[r] = wn ? rsqrtf(ss / (float)k + eps) : 1.f;
     }
     __syncthreads();
-    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
-    if (n * k <= TW_STAGE_FLOATS) {
-        for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
-            const int r = i / k, c = i - r * k;
-            float v = tw_ld(src + (long long)tok_smem[r] * ld + c) * inv_smem[r];
-            stage_smem[i] = wn ? v * tw_bf16(wn[c]) : v;
+    if (stage) {
+        if (wn) {
+            for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
+                const int r = i / k, c = i - r * k;
+                stage_smem[i] = stage_smem[i] * inv_smem[r] * tw_bf16(wn[c]);
+            }
+            __syncthreads();
         }
         rows.staged = stage_smem;
-        __syncthreads();
     }
     return rows;
 }

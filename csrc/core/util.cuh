@@ -9,7 +9,12 @@
 
 #define TW_THREADS 256
 #define TW_WARPS (TW_THREADS / 32)
+// Most tokens one step carries. The runtime compiles one kernel per program shape with
+// TW_MAX_T = T rounded up to a power of two, so a decode kernel (T = 1) has no loops over
+// 16 rows it never uses: smaller code, fewer instruction-cache misses, faster compiles.
+#ifndef TW_MAX_T
 #define TW_MAX_T 16
+#endif
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

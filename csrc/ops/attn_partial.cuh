@@ -3,6 +3,11 @@
 // Global layers: chunk c covers positions [c * chunk_len, (c + 1) * chunk_len). SWA layers
 // have one chunk: pos - window .. pos + T - 1. Keys past the current length are absent;
 // a chunk with none writes (-inf, 0, 0).
+//
+// The chunk's K and V are staged once in shared memory (bf16, K rows padded by one word so
+// a warp reading one dim of 32 keys hits 32 banks); queries go through in batches that
+// fit the scratch space: a thread per (row, key) for scores, a warp per row for the
+// softmax, a thread per (row, v dim) for the weighted sum.
 #pragma once
 #include "core/context.cuh"
 
@@ -27,35 +32,65 @@ __device__ void tw_op_attn_partial(const TwCtx& c, const int* a) {
         return;
     }
     const int n = hi - lo;
+    const int ks = hd + 2;   // padded K row stride (bf16 elements)
+    const int v_at = (n * ks + 7) & ~7;   // V rows start 16-byte aligned
+    if ((v_at + n * vd) * 2 > TW_STAGE_FLOATS * 4 || (hd & 7) || (vd & 7)) {
+        // The planner sizes chunks to fit (tiling.attention_chunk); refuse rather than overrun.
+        if (threadIdx.x == 0)
+            tw_report_error(reinterpret_cast<TwStatus*>(c.p->status), reinterpret_cast<volatile int*>(c.p->abort_flag),
+                            TW_STATUS_BAD_DESCRIPTOR, -1, -1, (unsigned long long)n, 0, TW_OP_ATTN_PARTIAL);
+        return;
+    }
+    __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(c.s_stage);
+    __nv_bfloat16* sv = sk + v_at;
     const __nv_bfloat16* kc = reinterpret_cast<const __nv_bfloat16*>(L.k) + (long long)h * L.slots * hd;
     const __nv_bfloat16* vc = reinterpret_cast<const __nv_bfloat16*>(L.v) + (long long)h * L.slots * vd;
+    // Stage K and V (L2 reads: other SMs wrote this step's keys): 16-byte loads, unrolled
+    // so several are in flight per thread; K rows land at the padded stride (4-byte stores).
+    const int k8 = hd / 8, v8 = vd / 8;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n * k8; i += TW_THREADS) {
+        const int j = i / k8, d = 8 * (i % k8);
+        const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)((lo + j) % L.slots) * hd + d));
+        unsigned int* dst = reinterpret_cast<unsigned int*>(sk + j * ks + d);
+        dst[0] = raw.x; dst[1] = raw.y; dst[2] = raw.z; dst[3] = raw.w;
+    }
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n * v8; i += TW_THREADS) {
+        const int j = i / v8, d = 8 * (i % v8);
+        *reinterpret_cast<uint4*>(sv + j * vd + d) =
+            __ldcg(reinterpret_cast<const uint4*>(vc + (long long)((lo + j) % L.slots) * vd + d));
+    }
     const float* q = c.arena + a[TW_ATTN_PARTIAL_Q_OFF] + h * grp * hd;
     const int q_ld = a[TW_ATTN_PARTIAL_Q_LD];
     const float scale = rsqrtf((float)hd);
-    const int w = tw_warp(), lane = tw_lane();
-    // Rows in batches whose scores fit the scratch space.
-    const int batch = max(1, min(rows, TW_SCRATCH_FLOATS / n));
-    float* s = c.s_scratch;
+    const int batch = max(1, min(rows, TW_SCRATCH_FLOATS / (hd + n)));
+    float* sq = c.s_scratch;            // [batch][hd]
+    float* s = c.s_scratch + batch * hd;  // [batch][n]
     for (int r0 = 0; r0 < rows; r0 += batch) {
         const int nr = min(batch, rows - r0);
-        // Scores: a warp per key; lanes split the head dim.
-        for (int j = w; j < n; j += TW_WARPS) {
-            const int kp = lo + j;
-            const __nv_bfloat16* krow = kc + (long long)(kp % L.slots) * hd;
-            for (int r = 0; r < nr; ++r) {
-                const int row = r0 + r, tq = row / grp, hq = row % grp;
-                const float* qrow = q + tq * q_ld + hq * hd;
-                float acc = 0.f;
-                for (int d = lane; d < hd; d += 32) acc += tw_ld(qrow + d) * tw_bf16(krow[d]);
-                acc = tw_warp_sum(acc);
-                const int qp = pos + tq;
-                const bool vis = kp <= qp && (L.window < 0 || kp >= qp - L.window);
-                if (lane == 0) s[r * n + j] = vis ? acc * scale : -INFINITY;
-            }
+        __syncthreads();   // staging done / previous batch finished with sq and s
+        for (int i = threadIdx.x; i < nr * hd; i += TW_THREADS) {
+            const int r = i / hd, d = i % hd, row = r0 + r;
+            sq[i] = tw_ld(q + (row / grp) * q_ld + (row % grp) * hd + d);
         }
         __syncthreads();
-        // Per row: max, exp, sum; then the weighted sum of values (lanes over v dims).
-        for (int r = w; r < nr; r += TW_WARPS) {
+        for (int i = threadIdx.x; i < nr * n; i += TW_THREADS) {
+            const int r = i / n, j = i % n, row = r0 + r;
+            const float* qr = sq + r * hd;
+            const __nv_bfloat16* kr = sk + j * ks;
+            float acc = 0.f;
+            for (int d = 0; d < hd; d += 2) {
+                const float2 kk = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kr + d));
+                acc += qr[d] * kk.x + qr[d + 1] * kk.y;
+            }
+            const int kp = lo + j, qp = pos + row / grp;
+            const bool vis = kp <= qp && (L.window < 0 || kp >= qp - L.window);
+            s[i] = vis ? acc * scale : -INFINITY;
+        }
+        __syncthreads();
+        for (int r = tw_warp(); r < nr; r += TW_WARPS) {
+            const int lane = tw_lane();
             float m = -INFINITY;
             for (int j = lane; j < n; j += 32) m = fmaxf(m, s[r * n + j]);
             m = tw_warp_max(m);
@@ -66,18 +101,18 @@ __device__ void tw_op_attn_partial(const TwCtx& c, const int* a) {
                 l += e;
             }
             l = tw_warp_sum(l);
-            __syncwarp();
-            float* orow = out + (r0 + r) * ow;
-            for (int d = lane; d < vd; d += 32) {
-                float acc = 0.f;
-                for (int j = 0; j < n; ++j) acc += s[r * n + j] * tw_bf16(vc[(long long)((lo + j) % L.slots) * vd + d]);
-                orow[2 + d] = acc;
-            }
             if (lane == 0) {
-                orow[0] = m;
-                orow[1] = l;
+                out[(r0 + r) * ow] = m;
+                out[(r0 + r) * ow + 1] = l;
             }
         }
         __syncthreads();
+        for (int i = threadIdx.x; i < nr * vd; i += TW_THREADS) {
+            const int r = i / vd, d = i % vd;
+            const float* e = s + r * n;
+            float acc = 0.f;
+            for (int j = 0; j < n; ++j) acc += e[j] * __bfloat162float(sv[j * vd + d]);
+            out[(r0 + r) * ow + 2 + d] = acc;
+        }
     }
 }

@@ -19,13 +19,15 @@ __device__ void tw_op_expert_up(const TwCtx& c, const int* a) {
     float* act = c.arena + a[TW_EXPERT_UP_ACT_OFF];
     const int ld = a[TW_EXPERT_UP_ACT_LD];
     for (int n = a[TW_EXPERT_UP_N0] + tw_warp(); n < a[TW_EXPERT_UP_N1]; n += TW_WARPS) {
-        float g[TW_MAX_T], u[TW_MAX_T];
-        tw_gemv_mxfp4_row(x, gc + (long long)n * (k / 2), gs + (long long)n * (k / 32), g);
-        tw_gemv_mxfp4_row(x, uc + (long long)n * (k / 2), us + (long long)n * (k / 32), u);
+        // The gate row and the up row of output n, streamed together.
+        const TwFp4Row rows[2] = {{gc + (long long)n * (k / 2), gs + (long long)n * (k / 32)},
+                                  {uc + (long long)n * (k / 2), us + (long long)n * (k / 32)}};
+        float acc[2][TW_MAX_T];
+        tw_gemv_mxfp4<2>(x, rows, acc);
         if (tw_lane() == 0) {
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r)
-                if (r < count) act[c.s_tok[r] * ld + n] = g[r] / (1.f + expf(-g[r])) * u[r];
+                if (r < count) act[c.s_tok[r] * ld + n] = acc[0][r] / (1.f + expf(-acc[0][r])) * acc[1][r];
         }
     }
 }

@@ -1,27 +1,65 @@
-// The bf16 GEMV core: for output rows n of a weight W [N, K] (bf16, row-major) and up to
-// 16 input rows, acc[r] = sum_k x[r][k] * W[n][k] in fp32. One warp per output row;
-// lanes read 16-byte vectors of the weight row (coalesced, read-only path).
+// The bf16 GEMV core: acc[i][r] = sum_k x[r][k] * W_i[k] for NR weight rows W_i (bf16)
+// and up to 16 input rows, fp32 accumulation. A warp takes NR rows at once and issues
+// TW_GEMV_UNROLL 16-byte loads per row per lane before using any (latency hiding: a
+// decode GEMV is a stream of independent loads, so keep many in flight).
 #pragma once
 #include "core/rows.cuh"
 
-__device__ __forceinline__ void tw_gemv_bf16_row(const TwRows& x, const __nv_bfloat16* wrow, float acc[TW_MAX_T]) {
+#define TW_GEMV_UNROLL 4
+
+template <int NR>
+__device__ __forceinline__ void tw_gemv_bf16(const TwRows& x, const __nv_bfloat16* const (&w)[NR],
+                                             float (&acc)[NR][TW_MAX_T]) {
 #pragma unroll
-    for (int r = 0; r < TW_MAX_T; ++r) acc[r] = 0.f;
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < TW_MAX_T; ++r) acc[i][r] = 0.f;
     const int lane = tw_lane();
-    for (int c = lane * 8; c < x.k; c += 256) {
-        float w[8];
-        tw_bf16x8(wrow + c, w);
+    for (int c0 = 0; c0 < x.k; c0 += 256 * TW_GEMV_UNROLL) {
+        uint4 v[NR][TW_GEMV_UNROLL];
 #pragma unroll
-        for (int r = 0; r < TW_MAX_T; ++r) {
-            if (r < x.n) {
-                float s = 0.f;
+        for (int i = 0; i < NR; ++i)
 #pragma unroll
-                for (int j = 0; j < 8; ++j) s += x.at(r, c + j) * w[j];
-                acc[r] += s;
+            for (int u = 0; u < TW_GEMV_UNROLL; ++u) {
+                const int c = c0 + (u * 32 + lane) * 8;
+                v[i][u] = (w[i] && c < x.k) ? __ldg(reinterpret_cast<const uint4*>(w[i] + c)) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < TW_GEMV_UNROLL; ++u) {
+            const int c = c0 + (u * 32 + lane) * 8;
+            if (c >= x.k) continue;
+#pragma unroll
+            for (int i = 0; i < NR; ++i) {
+                float f[8];
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[i][u]);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float2 p = __bfloat1622float2(h[j]);
+                    f[2 * j] = p.x;
+                    f[2 * j + 1] = p.y;
+                }
+#pragma unroll
+                for (int r = 0; r < TW_MAX_T; ++r) {
+                    if (r < x.n) {
+                        float s = 0.f;
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) s += x.at(r, c + j) * f[j];
+                        acc[i][r] += s;
+                    }
+                }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < TW_MAX_T; ++r)
-        if (r < x.n) acc[r] = tw_warp_sum(acc[r]);
+    for (int i = 0; i < NR; ++i)
+#pragma unroll
+        for (int r = 0; r < TW_MAX_T; ++r)
+            if (r < x.n) acc[i][r] = tw_warp_sum(acc[i][r]);
+}
+
+// Row pointers for output rows n and n + 1 of W [N, k] (null past n_end).
+__device__ __forceinline__ void tw_row_pair(const __nv_bfloat16* w, int k, int n, int n_end,
+                                            const __nv_bfloat16* (&rows)[2]) {
+    rows[0] = n < n_end ? w + (long long)n * k : nullptr;
+    rows[1] = n + 1 < n_end ? w + (long long)(n + 1) * k : nullptr;
 }

@@ -1,4 +1,5 @@
-// LINEAR_SWIGLU: out[t, n0:n1] = silu(norm?(x) Wg^T) * (norm?(x) Wu^T); bf16 weights.
+// LINEAR_SWIGLU: out[t, n0:n1] = silu(norm?(x) Wg^T) * (norm?(x) Wu^T); bf16 weights. A warp
+// streams the gate row and the up row of one output together.
 #pragma once
 #include "ops/gemv_bf16.cuh"
 
@@ -11,13 +12,13 @@ __device__ void tw_op_linear_swiglu(const TwCtx& c, const int* a) {
     const __nv_bfloat16* wg = c.bf16(a[TW_LINEAR_SWIGLU_W]);
     const __nv_bfloat16* wu = c.bf16(a[TW_LINEAR_SWIGLU_W2]);
     for (int n = a[TW_LINEAR_SWIGLU_N0] + tw_warp(); n < a[TW_LINEAR_SWIGLU_N1]; n += TW_WARPS) {
-        float g[TW_MAX_T], u[TW_MAX_T];
-        tw_gemv_bf16_row(x, wg + (long long)n * k, g);
-        tw_gemv_bf16_row(x, wu + (long long)n * k, u);
+        const __nv_bfloat16* rows[2] = {wg + (long long)n * k, wu + (long long)n * k};
+        float acc[2][TW_MAX_T];
+        tw_gemv_bf16<2>(x, rows, acc);
         if (tw_lane() == 0) {
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r)
-                if (r < t) c.arena[a[TW_LINEAR_SWIGLU_OUT_OFF] + r * a[TW_LINEAR_SWIGLU_OUT_LD] + n] = tw_silu(g[r]) * u[r];
+                if (r < t) c.arena[a[TW_LINEAR_SWIGLU_OUT_OFF] + r * a[TW_LINEAR_SWIGLU_OUT_LD] + n] = tw_silu(acc[0][r]) * acc[1][r];
         }
     }
 }

@@ -10,13 +10,19 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
     const int n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
     float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
-    for (int n = n0 + tw_warp(); n < n1; n += TW_WARPS) {
-        float acc[TW_MAX_T];
-        tw_gemv_bf16_row(x, w + (long long)n * k, acc);
+    for (int n = n0 + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
+        const __nv_bfloat16* rows[2];
+        tw_row_pair(w, k, n, n1, rows);
+        float acc[2][TW_MAX_T];
+        tw_gemv_bf16<2>(x, rows, acc);
         if (tw_lane() == 0) {
 #pragma unroll
-            for (int r = 0; r < TW_MAX_T; ++r)
-                if (r < t) logits[r * ld + n] = acc[r];
+            for (int i = 0; i < 2; ++i) {
+                if (n + i >= n1) break;
+#pragma unroll
+                for (int r = 0; r < TW_MAX_T; ++r)
+                    if (r < t) logits[r * ld + n + i] = acc[i][r];
+            }
         }
     }
     __syncthreads();

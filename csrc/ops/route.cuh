@@ -17,7 +17,9 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     int* ids = reinterpret_cast<int*>(c.s_scratch);
     float* wts = c.s_scratch + TW_MAX_T * 8;
     int* used = reinterpret_cast<int*>(c.s_scratch + 2 * TW_MAX_T * 8);
+    float* score = c.s_scratch + 2 * TW_MAX_T * 8 + e;   // sigmoid scores [t][e], computed once
     for (int i = threadIdx.x; i < e; i += TW_THREADS) used[i] = 0;
+    for (int i = threadIdx.x; i < t * e; i += TW_THREADS) score[i] = 1.f / (1.f + expf(-tw_ld(logits + i)));
     __syncthreads();
     const int w = tw_warp(), lane = tw_lane();
     for (int r = w; r < t; r += TW_WARPS) {
@@ -29,8 +31,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
                 bool taken = false;
                 for (int jj = 0; jj < j; ++jj) taken |= ids[r * 8 + jj] == x;
                 if (taken) continue;
-                const float sc = 1.f / (1.f + expf(-tw_ld(logits + r * e + x)));
-                const float ch = sc + tw_bf16(bias[x]);
+                const float ch = score[r * e + x] + tw_bf16(bias[x]);
                 if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
             }
 #pragma unroll
@@ -39,7 +40,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
                 const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
                 if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
             }
-            const float sc = 1.f / (1.f + expf(-tw_ld(logits + r * e + arg)));
+            const float sc = score[r * e + arg];
             sum += sc;
             if (lane == 0) {
                 ids[r * 8 + j] = arg;

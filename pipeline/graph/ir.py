@@ -83,6 +83,9 @@ class KV:
 
 Arg = Union[int, At, Ld, W, KV]
 
+#: Each op's argument names as a set, for a one-comparison check per task.
+_ARG_SETS = {op: frozenset(spec.args) for op, spec in OPS.items()}
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -146,12 +149,12 @@ class Graph:
 
     def task(self, op: Op, args: dict[str, Arg], *, reads: list[Tile], writes: list[Tile], stage: str,
              layer: int, cost: Cost, group: str | None = None) -> Task:
-        spec = OPS[op]
-        unknown = set(args) - set(spec.args)
-        if unknown:
-            raise GraphError(f"{stage}: op {op.name} has no argument(s) {sorted(unknown)}")
-        missing = set(spec.args) - set(args)
-        if missing:
+        if args.keys() != _ARG_SETS[op]:
+            spec = OPS[op]
+            unknown = set(args) - set(spec.args)
+            if unknown:
+                raise GraphError(f"{stage}: op {op.name} has no argument(s) {sorted(unknown)}")
+            missing = set(spec.args) - set(args)
             raise GraphError(f"{stage}: op {op.name} missing argument(s) {sorted(missing)}")
         t = Task(len(self.tasks), op, args, tuple(reads), tuple(writes), stage, group or stage, layer, cost)
         self.tasks.append(t)

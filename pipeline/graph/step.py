@@ -7,6 +7,7 @@ from typing import Literal
 
 from ..config import BYTES_PER, ModelConfig
 from ..errors import GraphError
+from ..gc_pause import without_gc
 from ..kv_cache import MAX_STEP_TOKENS
 from .blocks import attention_block, dense_ffn_block, moe_ffn_block
 from .ir import At, Cost, Graph, Ld
@@ -19,6 +20,7 @@ StepKind = Literal["decode", "verify"]
 MAX_STEPS_PER_LAUNCH = 256
 
 
+@without_gc
 def build_step(cfg: ModelConfig, tokens: int, *, kind: StepKind = "decode", capacity: int = 4096,
                policy: TilePolicy | None = None) -> Graph:
     """The task graph of one step of `tokens` tokens at KV capacity `capacity`.

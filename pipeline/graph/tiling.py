@@ -30,11 +30,16 @@ class TilePolicy:
         return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
+#: Most keys one attention task stages in shared memory (K + V bf16 for qk 192 / v 128
+#: heads fill ~82 KB at 128; the megakernel refuses a chunk that does not fit).
+MAX_ATTENTION_CHUNK = 128
+
+
 def attention_chunk(capacity: int, kv_heads: int, workers: int) -> int:
     """Keys per attention chunk for a global layer: about one chunk per worker at full
-    context, and at least 64 keys so a chunk is worth a task."""
+    context, at least 64 keys so a chunk is worth a task, at most MAX_ATTENTION_CHUNK."""
     want = ceil_div(capacity * kv_heads, workers)
     chunk = 64
-    while chunk < want:
+    while chunk < min(want, MAX_ATTENTION_CHUNK):
         chunk *= 2
     return chunk

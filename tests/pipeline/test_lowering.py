@@ -147,7 +147,7 @@ def test_loading_a_file_that_is_not_a_program_raises_graph_error(tmp_path, lower
             Program.load(path)
 
 
-def test_loading_a_program_with_another_descriptor_layout_is_refused(tmp_path, lowered):
+def test_loading_a_program_with_another_descriptor_or_access_layout_is_refused(tmp_path, lowered):
     _, p = lowered
     path = p.save(tmp_path / "p.twp")
     with zipfile.ZipFile(path) as z:
@@ -157,6 +157,11 @@ def test_loading_a_program_with_another_descriptor_layout_is_refused(tmp_path, l
     with open(out, "wb") as f:
         np.savez(f, desc=old, **{n[:-4]: np.load(path)[n[:-4]] for n in parts if n != "desc.npy"})
     with pytest.raises(GraphError, match="descriptor layout"):
+        Program.load(out)
+    old_access = np.zeros(2, dtype=[("task", "<i4"), ("mode", "<i4")])
+    with open(out, "wb") as f:
+        np.savez(f, access=old_access, **{n[:-4]: np.load(path)[n[:-4]] for n in parts if n != "access.npy"})
+    with pytest.raises(GraphError, match="access table layout"):
         Program.load(out)
 
 

@@ -9,8 +9,9 @@ from tilewarp.runtime.megakernel import SMEM_BYTES, build_megakernel  # noqa: E4
 
 
 @pytest.mark.slow
-def test_the_megakernel_compiles_for_sm90a_with_no_spills_and_no_stack(tmp_path):
-    build = build_megakernel(cache_dir=tmp_path)
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_the_megakernel_compiles_for_sm90a_with_no_spills_and_no_stack(tmp_path, tokens):
+    build = build_megakernel(tokens, cache_dir=tmp_path)
     k = build.report.kernel("tw_megakernel")
     assert build.cubin[:4] == b"\x7fELF"
     assert k.spill_store_bytes == 0 and k.spill_load_bytes == 0, k
