@@ -26,6 +26,8 @@
 #include "ops/lm_head.cuh"
 #include "ops/sample.cuh"
 
+#define TW_TRACE_WORDS 4
+
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_SAMPLE; }
 
 __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
@@ -71,11 +73,18 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
     TwStatus* status = reinterpret_cast<TwStatus*>(p->status);
     volatile int* abort_flag = reinterpret_cast<volatile int*>(p->abort_flag);
     const int q0 = qs[blockIdx.x], q1 = qs[blockIdx.x + 1];
+    // Optional trace: per task instance (task | step << 32, fetched, waits resolved, done)
+    // in ns of %globaltimer, TW_TRACE_WORDS words each, `trace_cap` records per worker.
+    unsigned long long* trace = reinterpret_cast<unsigned long long*>(p->trace);
+    const int trace_cap = trace ? p->trace_cap : 0;
+    int n_rec = 0;
+    unsigned long long t_fetch = 0, t_ready = 0;
 
     for (int s = 0; s < p->n_steps; ++s) {
         c.step = (long long)p->step_base + s + 1;
         for (int qi = q0; qi < q1; ++qi) {
             if (threadIdx.x == 0) {
+                if (trace_cap) t_fetch = tw_globaltimer_ns();
                 const int task = queue[qi];
                 desc = descs[task];
                 int ok = 1;
@@ -91,6 +100,7 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
                 }
                 __threadfence();
                 go = ok;
+                if (trace_cap) t_ready = tw_globaltimer_ns();
             }
             __syncthreads();
             if (!go) return;
@@ -99,6 +109,13 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
             if (threadIdx.x == 0) {
                 __threadfence();
                 for (int i = 0; i < desc.n_signal; ++i) tw_event_signal(counters + desc.signal[i]);
+                if (n_rec < trace_cap) {
+                    unsigned long long* r = trace + ((long long)blockIdx.x * trace_cap + n_rec++) * TW_TRACE_WORDS;
+                    r[0] = (unsigned long long)desc.task | ((unsigned long long)c.step << 32);
+                    r[1] = t_fetch;
+                    r[2] = t_ready;
+                    r[3] = tw_globaltimer_ns();
+                }
             }
         }
     }

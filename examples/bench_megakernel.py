@@ -19,6 +19,7 @@ from tilewarp.pipeline.random_model import random_weights
 from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.schedule import DeviceModel, schedule
 from tilewarp.runtime.megakernel import MegakernelRunner
+from tilewarp.runtime.trace import op_summary, write_trace
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--trace", default=None, help="write a Perfetto trace of one step here, and per-op times")
     args = ap.parse_args()
     cfg = preset(args.preset)
     t0 = time.time()
@@ -54,7 +56,8 @@ def main() -> None:
         k.normal_(0, 1)
         v.normal_(0, 1)
     ref.cache.length = start
-    runner = MegakernelRunner(prog, w, ref.cache)
+    runner = MegakernelRunner(prog, w, ref.cache, trace_cap=256 if args.trace else 0)
+    runner.tracing = False
     runner.decode(1, args.steps)   # warm-up (module load, caches)
     times = []
     for _ in range(args.repeats):
@@ -70,6 +73,17 @@ def main() -> None:
     print(f"{cfg.name} T=1 ctx~{args.context}: {ms:.3f} ms/token (min {times[0]:.3f}, max {times[-1]:.3f}); "
           f"{prog.n_tasks} tasks on {prog.workers} workers; registers {runner.registers}, local {runner.local_bytes} B")
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; byte floor {floor:.3f} ms; {floor / ms * 100:.1f}% of floor")
+    if args.trace:
+        runner.tracing = True
+        runner.decode(1, 1)
+        recs = runner.trace_records()
+        write_trace(args.trace, recs, prog)
+        span = (max(r[5] for r in recs) - min(r[3] for r in recs)) / 1e3
+        print(f"traced step: {span:.1f} us, {len(recs)} task records -> {args.trace}")
+        summary = sorted(op_summary(recs, prog).items(), key=lambda kv: -kv[1]["busy_us"])
+        print(f"{'op':15s} {'count':>6s} {'mean us':>8s} {'busy us (sum)':>14s} {'wait us (sum)':>14s}")
+        for op, st in summary:
+            print(f"{op:15s} {st['count']:6d} {st['mean_us']:8.2f} {st['busy_us']:14.1f} {st['wait_us']:14.1f}")
 
 
 if __name__ == "__main__":

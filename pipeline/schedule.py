@@ -71,9 +71,10 @@ class Schedule:
 
 
 # ------------------------------------------------------------------ arena
-def plan_arena(g: Graph, acc: np.ndarray | None = None) -> tuple[int, list[tuple[Buffer, Buffer]]]:
+def plan_arena(g: Graph, acc: np.ndarray | None = None, *, reuse: bool = True) -> tuple[int, list[tuple[Buffer, Buffer]]]:
     """Assign word offsets; return (arena words, pairs of buffers sharing words).
-    `acc`: the graph's `access_table`, if the caller already has it."""
+    `acc`: the graph's `access_table`, if the caller already has it. `reuse=False` gives
+    every buffer its own words, so every intermediate survives the step (op-by-op checks)."""
     acc = access_table(g) if acc is None else acc
     n = len(g.tasks)
     nb = len(g.buffers)
@@ -93,7 +94,8 @@ def plan_arena(g: Graph, acc: np.ndarray | None = None) -> tuple[int, list[tuple
     for t in g.tasks:
         layer_start.setdefault(t.layer, t.index)
     used = np.flatnonzero(last >= 0).tolist()
-    free_at = dict(zip(used, (layer_start.get(g.tasks[i].layer + 1, n + 1) for i in last[used].tolist())))
+    free_at = dict(zip(used, (layer_start.get(g.tasks[i].layer + 1, n + 1) if reuse else n + 1
+                              for i in last[used].tolist())))
 
     def align(k: int) -> int:
         return -(-k // ARENA_ALIGN) * ARENA_ALIGN
@@ -151,6 +153,7 @@ def _reduce_waits(cand: list[list[tuple[int, int]]], must: list[int], group_of: 
     cov = [0] * n_groups
     pcov = [0] * n_groups
     waits: list[list[tuple[int, int]]] = []
+    late = False
     for task, cands in enumerate(cand):
         keep: list[tuple[int, int]] = []
         acc = pacc = 0
@@ -166,20 +169,52 @@ def _reduce_waits(cand: list[list[tuple[int, int]]], must: list[int], group_of: 
                     continue
                 keep.append((grp, -1))
                 pacc |= cov[grp] | (1 << grp)
+                late = late or last_task[grp] > task
         missing = must[task] & ~acc
         while missing:
             grp = missing.bit_length() - 1
             keep.append((grp, 0))
             acc |= cov[grp] | (1 << grp)
             missing &= ~acc
-        if len(keep) > MAX_WAITS:
-            raise GraphError(f"task {task} ({stages[task]}) needs {len(keep)} waits > {MAX_WAITS}: "
-                             f"{[names[g] for g, _ in keep]}")
         waits.append(keep)
         own = group_of[task]
         cov[own] |= acc
         pcov[own] |= pacc
+    if late:
+        _prune_carried(waits, group_of, cov, n_groups)
+    for task, keep in enumerate(waits):
+        if len(keep) > MAX_WAITS:
+            raise GraphError(f"task {task} ({stages[task]}) needs {len(keep)} waits > {MAX_WAITS}: "
+                             f"{[names[g] for g, _ in keep]}")
     return waits
+
+
+def _prune_carried(waits: list[list[tuple[int, int]]], group_of: list[int], cov: list[int], n_groups: int) -> None:
+    """Drop the loop-carried waits that other kept waits imply, using final coverage.
+
+    A loop-carried wait on g names g's previous-step instance, which implies all of g's
+    final cov; but a wait on a group *later* in build order is met in the first pass
+    before g's cov is complete, so what it implies is missed there (e.g. a DFlash draft
+    step's wait on the previous step's verify, implied by its wait on the previous
+    ACCEPT). Same-step waits, and so cov, do not depend on loop-carried ones; this pass
+    recomputes only pcov from the kept waits and re-checks the kept loop-carried ones."""
+    pcov = [0] * n_groups
+    for task, keep in enumerate(waits):
+        pacc = 0
+        carried = False
+        for grp, delta in keep:
+            if delta == 0:
+                pacc |= pcov[grp]
+            else:
+                carried = True
+        if carried:
+            new = [w for w in keep if w[1] == 0]
+            for grp, delta in keep:
+                if delta != 0 and not pacc >> grp & 1:
+                    new.append((grp, delta))
+                    pacc |= cov[grp] | (1 << grp)
+            waits[task] = new
+        pcov[group_of[task]] |= pacc
 
 
 def _bits(groups: np.ndarray, n_groups: int) -> int:
@@ -280,11 +315,11 @@ def _place(g: Graph, model: DeviceModel, waits: list[list[tuple[int, int]]], gro
 
 
 @without_gc
-def schedule(g: Graph, model: DeviceModel | None = None) -> Schedule:
+def schedule(g: Graph, model: DeviceModel | None = None, *, reuse_arena: bool = True) -> Schedule:
     model = model or DeviceModel()
     n = len(g.tasks)
     acc = access_table(g)
-    arena_words, shared = plan_arena(g, acc)
+    arena_words, shared = plan_arena(g, acc, reuse=reuse_arena)
 
     gid: dict[str, int] = {}
     group_of_l = [gid.setdefault(t.group, len(gid)) for t in g.tasks]

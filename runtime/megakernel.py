@@ -29,6 +29,7 @@ from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
 from .nvrtc_build import compile_cubin, csrc_dir
+from .trace import TRACE_WORDS, records
 
 log = logging.getLogger("tilewarp.megakernel")
 
@@ -81,7 +82,7 @@ def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
 
 class MegakernelRunner:
     def __init__(self, program: Program, weights: Weights, cache: KVCache, *,
-                 wait_bound_s: float = DEFAULT_WAIT_BOUND_S, device: int = 0):
+                 wait_bound_s: float = DEFAULT_WAIT_BOUND_S, device: int = 0, trace_cap: int = 0):
         cfg = weights.cfg
         if not torch.cuda.is_available():
             raise DeviceError("no CUDA device: the megakernel backend needs a GPU")
@@ -89,6 +90,9 @@ class MegakernelRunner:
             raise GraphError("program, weights and KV cache do not belong together")
         if cache.k[0].device.type != "cuda":
             raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
+        if cfg.num_experts > 1024 or cfg.top_k > 8:
+            raise DeviceError(f"the megakernel's router handles <= 1024 experts and top-k <= 8, got "
+                              f"{cfg.num_experts} / {cfg.top_k}")
         if cfg.n_group > 1:
             raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
         if program.tokens > 16:
@@ -124,7 +128,11 @@ class MegakernelRunner:
         self.arena = torch.zeros(program.arena_words, dtype=torch.float32, device=self.dev)
         self.status = torch.zeros(STATUS_DTYPE.itemsize, dtype=torch.uint8, device=self.dev)
         self.abort = torch.zeros(1, dtype=torch.int32, device=self.dev)
-        self.trace = torch.zeros(8, dtype=torch.int64, device=self.dev)
+        # trace_cap > 0: every worker can record its first trace_cap task instances per
+        # launch; `tracing` switches recording on and off between launches.
+        self.trace_cap = trace_cap
+        self.tracing = trace_cap > 0
+        self.trace = torch.zeros(max(1, program.workers * trace_cap * TRACE_WORDS), dtype=torch.int64, device=self.dev)
         self.tables = [{k: v.to(self.dev).contiguous() for k, v in entry.items()}
                        for entry in weight_table(program.weights, weights)]
         wt = np.zeros(len(program.weights), dtype=WEIGHT_DTYPE)
@@ -151,22 +159,31 @@ class MegakernelRunner:
         c = self.cfg
         p[0] = (self.desc.data_ptr(), self.queue.data_ptr(), self.queue_start.data_ptr(), self.counters.data_ptr(),
                 self.arena.data_ptr(), self.weight_ptrs.data_ptr(), self.layers.data_ptr(), self.status.data_ptr(),
-                self.abort.data_ptr(), self.trace.data_ptr(), self.p.n_tasks, self.p.workers, steps, self.steps_done,
-                self.wait_bound_ns, c.rms_eps, c.value_scale, c.routed_scaling, c.num_experts, c.top_k,
-                int(c.norm_topk_prob), 0, 0)
+                self.abort.data_ptr(), self.trace.data_ptr() if self.tracing else 0, self.p.n_tasks,
+                self.p.workers, steps, self.steps_done, self.wait_bound_ns, c.rms_eps, c.value_scale,
+                c.routed_scaling, c.num_experts, c.top_k, int(c.norm_topk_prob),
+                self.trace_cap if self.tracing else 0, 0)
         return torch.from_numpy(p.view(np.uint8).copy()).to(self.dev)
 
     def launch(self, steps: int) -> None:
         cu = _cu()
         params = self._params(steps)
+        if self.tracing:
+            self.trace.zero_()
+        torch.cuda.nvtx.range_push(f"tilewarp {self.p.kind} x{steps}")
         arg = np.array([params.data_ptr()], dtype=np.uint64)
         argv = np.array([arg.ctypes.data], dtype=np.uint64)
         stream = torch.cuda.current_stream(self.dev).cuda_stream
         _check(cu.cuLaunchCooperativeKernel(self._fn, self.p.workers, 1, 1, THREADS, 1, 1, SMEM_BYTES, stream,
                                             argv.ctypes.data))
         torch.cuda.synchronize(self.dev)
+        torch.cuda.nvtx.range_pop()
         self.steps_done += steps
         self._raise_on_error()
+
+    def trace_records(self) -> list[tuple[int, int, int, int, int, int]]:
+        """The last launch's trace: (worker, task, step, fetched, ready, done) in ns."""
+        return records(self.trace.cpu().numpy().view(np.uint64), self.p.workers, self.trace_cap)
 
     def _raise_on_error(self) -> None:
         st = np.frombuffer(self.status.cpu().numpy().tobytes(), dtype=STATUS_DTYPE)[0]

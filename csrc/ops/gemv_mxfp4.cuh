@@ -1,8 +1,8 @@
 // The MXFP4 GEMV core: output rows of an expert weight stored as E2M1 codes [N, K/2]
 // (low nibble = even k) with E8M0 scales [N, K/32]. Each lane decodes whole 32-element
 // blocks: 16 code bytes (one 16-byte load) and one scale byte; value = e2m1(code) *
-// 2^(scale - 127), exact in fp32 as in the reference; fp32 accumulation. A warp takes NR
-// rows at once with TW_MXFP4_UNROLL blocks per lane in flight.
+// 2^(scale - 127), exact in fp32 as in the reference; fp32 accumulation, the scale applied
+// once per block. A warp takes NR rows at once with TW_MXFP4_UNROLL blocks per lane in flight.
 #pragma once
 #include "core/rows.cuh"
 
@@ -13,11 +13,15 @@ __device__ __forceinline__ float tw_e8m0(unsigned int s) {
     return s ? __int_as_float((int)(s << 23)) : __int_as_float(0x00400000);
 }
 
-__device__ __forceinline__ float tw_e2m1(unsigned int code) {
-    // 0, .5, 1, 1.5, 2, 3, 4, 6 and their negatives (code 8..15).
-    const unsigned int m = code & 7u;
-    const float mag = m < 4u ? 0.5f * (float)m : (float)(1u << ((m >> 1) - 1u)) * (1.f + 0.5f * (float)(m & 1u));
-    return (code & 8u) ? -mag : mag;
+// E2M1 code (s e1 e0 m) -> fp32 in two bit operations and one multiply: placing e1 e0 m
+// at fp32 bits 24..22 gives 2^(e-127) * (1 + m/2) for e > 0 and the subnormal
+// m * 2^-127 for e == 0, i.e. exactly value * 2^-126; one multiply by 2^126 restores
+// 0, .5, 1, 1.5, 2, 3, 4, 6 (and the sign bit passes straight through). Exact.
+#define TW_E2M1_FIX 8.507059173023462e37f   // 2^126
+
+__device__ __forceinline__ float tw_e2m1_scaled(unsigned int word, int shift) {
+    const unsigned int c = word >> shift;
+    return __int_as_float((int)(((c & 8u) << 28) | ((c & 7u) << 22))) * TW_E2M1_FIX;
 }
 
 struct TwFp4Row {
@@ -51,21 +55,18 @@ __device__ __forceinline__ void tw_gemv_mxfp4(const TwRows& x, const TwFp4Row (&
             if (b >= blocks) continue;
 #pragma unroll
             for (int i = 0; i < NR; ++i) {
+                // The block scale is a power of two: applying it to the block's partial sum
+                // equals applying it to every weight (no rounding differs).
                 const float scale = tw_e8m0(sc[i][u]);
-                const unsigned char* bytes = reinterpret_cast<const unsigned char*>(&raw[i][u]);
-                float f[32];
-#pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    f[2 * j] = tw_e2m1(bytes[j] & 15u) * scale;
-                    f[2 * j + 1] = tw_e2m1(bytes[j] >> 4) * scale;
-                }
+                const unsigned int words[4] = {raw[i][u].x, raw[i][u].y, raw[i][u].z, raw[i][u].w};
 #pragma unroll
                 for (int r = 0; r < TW_MAX_T; ++r) {
                     if (r < x.n) {
                         float s = 0.f;
 #pragma unroll
-                        for (int j = 0; j < 32; ++j) s += x.at(r, b * 32 + j) * f[j];
-                        acc[i][r] += s;
+                        for (int j = 0; j < 32; ++j)   // code j: word j / 8, nibble j % 8 (low first)
+                            s += x.at(r, b * 32 + j) * tw_e2m1_scaled(words[j >> 3], 4 * (j & 7));
+                        acc[i][r] += s * scale;
                     }
                 }
             }

@@ -24,13 +24,12 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     const int w = tw_warp(), lane = tw_lane();
     for (int r = w; r < t; r += TW_WARPS) {
         float sum = 0.f;
+        unsigned int taken = 0;   // bit i: expert lane + 32 * i already chosen (E <= 1024)
         for (int j = 0; j < k; ++j) {
             float best = -INFINITY;
             int arg = 0x7fffffff;
             for (int x = lane; x < e; x += 32) {
-                bool taken = false;
-                for (int jj = 0; jj < j; ++jj) taken |= ids[r * 8 + jj] == x;
-                if (taken) continue;
+                if ((taken >> (x >> 5)) & 1u) continue;
                 const float ch = score[r * e + x] + tw_bf16(bias[x]);
                 if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
             }
@@ -40,6 +39,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
                 const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
                 if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
             }
+            if ((arg & 31) == lane) taken |= 1u << (arg >> 5);
             const float sc = score[r * e + arg];
             sum += sc;
             if (lane == 0) {
@@ -47,7 +47,6 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
                 wts[r * 8 + j] = sc;
                 used[arg] = 1;
             }
-            __syncwarp();
         }
         if (lane == 0) {
             for (int j = 0; j < k; ++j) {
