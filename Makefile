@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= test,nvrtc,demo,bench
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup test test-fast demo bench clean headers
+.PHONY: setup test test-fast demo bench profile gpu-test clean headers
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ demo: setup
 # Needs a CUDA GPU; `tilewarp bench --preset all --dry-run` shows the plan anywhere.
 bench: setup
 	$(VENV)/bin/tilewarp bench --preset mimo-mini
+
+# On a machine with a Hopper GPU: Nsight Compute on one megakernel launch (source view)
+# and the GPU test suite.
+profile:
+	tools/profile.sh
+
+gpu-test:
+	tools/gpu_run.sh
 
 headers: setup
 	$(PY) tools/gen_headers.py
