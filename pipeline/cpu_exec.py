@@ -10,16 +10,19 @@ a deadlock and raises, naming each blocked task and the event it waits on.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Literal
 
 import numpy as np
 import torch
 
-from .errors import GraphError, InputError
 from .cpu_ops import IMPLS
 from .cpu_ops.context import Ctx
-from .graph.ops import OPS, STATE_POS, STATE_STEP, Op
+from .dflash.kv_cache import DraftKVCache
+from .dflash.weights import DraftWeights
+from .errors import GraphError, InputError
+from .graph.ops import OPS, STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
 from .kv_cache import KVCache
 from .lower import Program
 from .weight_table import weight_table
@@ -27,16 +30,22 @@ from .weights import Weights
 
 
 class CpuExecutor:
-    def __init__(self, program: Program, weights: Weights, cache: KVCache):
+    """Runs one program; DFlash programs (meta "drafter") also take the drafter's weights
+    and its context cache, which the draft ops read and write like the target's cache."""
+
+    def __init__(self, program: Program, weights: Weights, cache: KVCache, *,
+                 draft_weights: DraftWeights | None = None, draft_cache: DraftKVCache | None = None):
         if weights.cfg.name != program.model:
             raise GraphError(f"program was built for {program.model!r}, weights are {weights.cfg.name!r}")
         if cache.capacity != program.capacity:
             raise GraphError(f"program capacity {program.capacity} != KV cache capacity {cache.capacity}")
+        _check_drafter(program, draft_weights, draft_cache)
         self.p = program
         self.cfg = weights.cfg
         self.cache = cache
+        self.draft_cache = draft_cache
         self.ctx = Ctx(self.cfg, torch.zeros(program.arena_words, dtype=torch.float32),
-                       weight_table(program.weights, weights), cache)
+                       weight_table(program.weights, weights, draft_weights), cache, draft_cache)
         self.counters = np.zeros(len(program.event_need), dtype=np.int64)
         self.steps_done = 0   # counters are never reset: steps keep counting across runs
         self.ops = [Op(int(o)) for o in program.desc["op"]]
@@ -47,44 +56,70 @@ class CpuExecutor:
         self._waits = [[(int(d["wait_event"][t][i]), int(d["wait_need"][t][i]), bool(int(d["wait_prev"][t]) >> i & 1))
                         for i in range(int(d["n_wait"][t]))] for t in range(program.n_tasks)]
         self._signals = [[int(e) for e in d["signal"][t][:int(d["n_signal"][t])]] for t in range(program.n_tasks)]
-        self._state = program.buffer("state").offset
-        self._tokens = program.buffer("tokens").offset
-        self._out = program.buffer("out_tokens")
+        bufs = {b.name: b for b in program.buffers}
+        self._state = bufs["state"].offset
+        self._tokens = bufs["tokens"].offset
+        self._out = bufs.get("out_tokens")   # draft programs have none
 
     # ---------------------------------------------------------------- host side
-    def _begin(self, tokens: list[int]) -> None:
-        if len(tokens) != self.p.tokens:
-            raise InputError(f"this program takes {self.p.tokens} token(s) per step, got {len(tokens)}")
+    def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,
+               sample_seed: int = 0) -> None:
+        """Tokens into the head of the token buffer; the position (default: the cache's
+        length), a zero step count and the sampling parameters into the state block."""
         bad = [x for x in tokens if not 0 <= x < self.cfg.vocab_size]
         if bad:
             raise InputError(f"token ids {bad} outside [0, {self.cfg.vocab_size})")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise InputError(f"temperature={temperature!r} is invalid: allowed a finite number >= 0 (0 = greedy)")
         ints = self.ctx.arena_i
         ints[self._tokens:self._tokens + len(tokens)] = torch.tensor(tokens, dtype=torch.int32)
-        ints[self._state + STATE_POS] = self.cache.length
+        ints[self._state + STATE_POS] = self.cache.length if position is None else position
         ints[self._state + STATE_STEP] = 0
+        ints[self._state + STATE_SEED] = (sample_seed & 0xFFFFFFFF) - ((sample_seed & 0x80000000) << 1)
+        self.ctx.arena[self._state + STATE_INV_TEMP] = 1.0 / temperature if temperature else 0.0
 
-    def decode(self, token: int, steps: int, *, seed: int = 0,
-               order: Literal["random", "in_order"] = "random") -> list[int]:
-        """Feed `token`, run `steps` greedy decode steps in one launch; return the new tokens."""
-        if self.p.kind != "decode":
-            raise GraphError("decode() needs a decode program")
+    def _check_kind(self, kind: str, method: str) -> None:
+        if self.p.kind != kind:
+            raise GraphError(f"{method}() needs a {kind} program, this one is {self.p.kind!r}")
+
+    def _check_tokens(self, tokens: list[int]) -> None:
+        if len(tokens) != self.p.tokens:
+            raise InputError(f"this program takes {self.p.tokens} token(s) per step, got {len(tokens)}")
+
+    def ints(self, name: str) -> torch.Tensor:
+        """A copy of an int32 buffer of the program (e.g. `tokens`, `out_tokens`), [rows, cols]."""
+        b = self.p.buffer(name)
+        return self.ctx.arena_i[b.offset:b.offset + b.rows * b.cols].view(b.rows, b.cols).clone()
+
+    def floats(self, name: str) -> torch.Tensor:
+        """A copy of an fp32 buffer of the program (e.g. `logits`, `hidden_out`), [rows, cols]."""
+        b = self.p.buffer(name)
+        return self.ctx.rows(b.offset, b.cols, b.rows, b.cols).clone()
+
+    def decode(self, token: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
+               temperature: float = 0.0, sample_seed: int = 0) -> list[int]:
+        """Feed `token`, run `steps` decode steps in one launch; return the new tokens.
+        Greedy, or sampled at `temperature` with the counter-based noise of `sample_seed`
+        (`counter_rng`). `seed` only picks the worker interleaving."""
+        self._check_kind("decode", "decode")
         if not 1 <= steps <= self._out.rows:
             raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
         self.cache.check_room(steps)
-        self._begin([token])
+        self._begin([token], None, temperature, sample_seed)
         self._run(steps, seed, order)
         self.cache.length += steps
         ints = self.ctx.arena_i
         return ints[self._out.offset:self._out.offset + steps].tolist()
 
-    def verify(self, tokens: list[int], *, seed: int = 0,
-               order: Literal["random", "in_order"] = "random") -> tuple[torch.Tensor, list[int]]:
-        """Run one step over T tokens; return (logits [T, V], argmax per row). The cache
-        keeps all T; the caller truncates what it rejects."""
-        if self.p.kind != "verify":
-            raise GraphError("verify() needs a verify program")
+    def verify(self, tokens: list[int], *, seed: int = 0, order: Literal["random", "in_order"] = "random",
+               temperature: float = 0.0, sample_seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+        """Run one step over T tokens; return (logits [T, V], the token each row chooses:
+        argmax, or the sample at `temperature`). The cache keeps all T; the caller
+        truncates what it rejects."""
+        self._check_kind("verify", "verify")
+        self._check_tokens(list(tokens))
         self.cache.check_room(len(tokens))
-        self._begin(list(tokens))
+        self._begin(list(tokens), None, temperature, sample_seed)
         self._run(1, seed, order)
         self.cache.length += len(tokens)
         lg = self.p.buffer("logits")
@@ -92,9 +127,53 @@ class CpuExecutor:
         ints = self.ctx.arena_i
         return logits, ints[self._out.offset:self._out.offset + self.p.tokens].tolist()
 
+    def draft(self, anchor: int, *, seed: int = 0,
+              order: Literal["random", "in_order"] = "random") -> tuple[torch.Tensor, list[int]]:
+        """One draft pass anchored at the drafter's context length; returns (proposal
+        logits [B-1, V], proposals d_1..d_{B-1}). The context length does not move."""
+        self._check_kind("draft", "draft")
+        dc = self.draft_cache
+        pos = dc.length
+        dc.check_room(self.p.tokens)
+        self._begin([anchor], pos)
+        self._run(1, seed, order)
+        dc.mark_written(pos, pos + self.p.tokens)   # the block's K/V went to positions pos..
+        return self.floats("draft_logits"), self.ints("tokens")[0, 1:].tolist()
+
+    def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
+               temperature: float = 0.0, sample_seed: int = 0) -> list[list[int]]:
+        """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
+        neither cache); returns the tokens each step committed (1..B each; the last one
+        is the next anchor). Both caches end at the new position. At `temperature` > 0
+        the target's choices are samples (`counter_rng`) and acceptance is lossless for
+        the argmax drafter: the tokens are those sampled plain decoding would emit."""
+        self._check_kind("dflash", "dflash")
+        if not 1 <= steps <= self._out.rows:
+            raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
+        dc, pos, b = self.draft_cache, self.cache.length, self.p.tokens
+        if dc.length != pos:
+            raise InputError(f"the drafter holds {dc.length} context tokens but the target cache {pos}")
+        self.cache.check_room(steps * b)   # a step writes B positions and may commit all of them
+        self._begin([anchor], pos, temperature, sample_seed)
+        self._run(steps, seed, order)
+        rows = self.ints("out_tokens")[:steps]
+        committed = [row[1:1 + int(row[0])].tolist() for row in rows]
+        end = int(self.ctx.arena_i[self._state + STATE_POS])
+        assert end == pos + sum(map(len, committed)), "ACCEPT's position and its out rows disagree"
+        dc.mark_written(pos, end - len(committed[-1]) + b)
+        self.cache.length = dc.length = end
+        return committed
+
     def logits(self) -> torch.Tensor:
-        lg = self.p.buffer("logits")
-        return self.ctx.rows(lg.offset, lg.cols, lg.rows, lg.cols).clone()
+        return self.floats("logits")
+
+    def hidden(self) -> dict[int, torch.Tensor]:
+        """The last verify step's exported hidden states: target layer -> [T, hidden]."""
+        layers = self.p.meta.get("export_layers")
+        if not layers or self.p.kind != "verify":
+            raise GraphError("this program exports no hidden states (build_verify_step(export_layers=...))")
+        parts = self.floats("hidden_out").split(self.cfg.hidden_size, dim=-1)
+        return dict(zip(layers, parts))
 
     # ----------------------------------------------------------- device side
     def _ready(self, task: int, step: int) -> tuple[bool, int]:
@@ -127,3 +206,20 @@ class CpuExecutor:
                 if step[w] > base + steps:
                     del cursor[w]
         self.steps_done += steps
+
+
+def _check_drafter(p: Program, weights: DraftWeights | None, cache: DraftKVCache | None) -> None:
+    """A DFlash program needs the drafter it was built for, and a context cache of the
+    program's capacity; other programs take neither."""
+    name = p.meta.get("drafter")
+    if name is None:
+        if weights is not None or cache is not None:
+            raise GraphError(f"a {p.kind} program uses no drafter, but one was given")
+        return
+    if weights is None or cache is None:
+        raise GraphError(f"this {p.kind} program runs drafter {name!r}: pass draft_weights and draft_cache")
+    if weights.cfg.name != name or cache.cfg != weights.cfg:
+        raise GraphError(f"program was built for drafter {name!r}; weights are {weights.cfg.name!r}, the context "
+                         f"cache is for {cache.cfg.name!r}")
+    if cache.capacity != p.capacity:
+        raise GraphError(f"program capacity {p.capacity} != drafter context capacity {cache.capacity}")

@@ -223,7 +223,7 @@ def lower(s: Schedule) -> Program:
     queue = np.asarray([t for q in s.queues for t in q], dtype=np.int32)
     meta = {"critical_path_s": s.critical_path, "makespan_s": s.makespan,
             "worker_bytes_max": max(s.worker_bytes), "worker_bytes_mean": sum(s.worker_bytes) / len(s.worker_bytes),
-            "groups": s.group_names}
+            "groups": s.group_names, **g.meta}
     return Program(
         model=g.cfg.name, kind=g.kind, tokens=g.tokens, capacity=g.capacity, workers=len(s.queues), desc=desc,
         queue_start=queue_start, queue=queue, event_need=np.asarray(s.group_size, dtype=np.uint32),

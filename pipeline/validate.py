@@ -10,7 +10,7 @@ Checks, on the arrays themselves (not the Python graph):
    KV-cache heads, one a write) must be ordered as in build order; loop-carried buffers
    also across the step boundary; and every task of step 2 must follow every task of
    step 1 (so a counter can never be satisfied by a fast worker's next-step signal).
-   Programs that run one step per launch (verify) get their step barrier from the launch.
+   Programs that run one step per launch (verify, draft) get their step barrier from the launch.
 """
 
 from __future__ import annotations
@@ -196,9 +196,14 @@ def _hazards(p: Program) -> tuple[np.ndarray, np.ndarray]:
     return cat(same), cat(carried)
 
 
+#: Program kinds whose launch runs several steps back to back (the others run one).
+CHAINED_KINDS = frozenset({"decode", "dflash"})
+
+
 def chains_steps(p: Program) -> bool:
-    """Does one launch run several steps back to back (decode), or exactly one (verify)?"""
-    return p.kind == "decode"
+    """Does one launch run several steps back to back (decode, dflash), or exactly one
+    (verify, draft)?"""
+    return p.kind in CHAINED_KINDS
 
 
 def validate(p: Program) -> ValidationReport:

@@ -13,20 +13,32 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
 
 from tilewarp.pipeline.checkpoint import load_checkpoint
-from tilewarp.pipeline.errors import InputError
+from tilewarp.pipeline.errors import CheckpointError, InputError
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.random_model import random_weights
 from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.sampling import Sampler, SamplingParams
 from tilewarp.pipeline.weights import Weights
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer  # optional: the `demo` extra
+
 Backend = Literal["reference", "cpu", "megakernel"]
 BACKENDS = ("reference", "cpu", "megakernel")
+# Published shapes: inspect / graph / plan them, never allocate them (hundreds of GB of weights).
+PLANNING_ONLY_PRESETS = ("mimo-v2-flash", "mimo-v2.5-pro")
+
+
+def check_allocatable(preset_name: str) -> None:
+    """Refuse a preset whose random weights would not fit in a machine's memory."""
+    if preset_name in PLANNING_ONLY_PRESETS:
+        raise InputError(f"preset {preset_name!r} is for planning only (inspect, graph): its weights are hundreds "
+                         "of GB; use tiny or mimo-mini")
 
 
 @dataclass
@@ -44,18 +56,27 @@ class GenerationResult:
 class Engine:
     def __init__(self, weights: Weights, *, backend: Backend = "reference", capacity: int | None = None,
                  device: str | None = None, steps_per_call: int = 16, tokenizer_path: Path | None = None):
+        """`capacity`: KV cache positions (default min(4096, the model's context)); a prompt plus
+        its `max_tokens` must fit in it."""
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
+        if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
+            raise InputError(f"steps_per_call={steps_per_call!r} is invalid: allowed an integer >= 1")
         cfg = weights.cfg
         # The megakernel reads the KV cache the (PyTorch) prefill writes: both on the GPU.
         device = device or ("cuda" if backend == "megakernel" else "cpu")
         self.cfg = cfg
         self.weights = weights
         self.backend = backend
-        self.capacity = min(capacity or 4096, cfg.max_position)
+        if capacity is None:
+            capacity = min(4096, cfg.max_position)
+        elif isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= cfg.max_position:
+            raise InputError(f"capacity={capacity!r} is invalid: allowed an integer in [1, {cfg.max_position}] "
+                             f"(the context of {cfg.name})")
+        self.capacity = capacity
         self.device = device
         self.steps_per_call = steps_per_call
-        self.tokenizer = _load_tokenizer(tokenizer_path) if tokenizer_path else None
+        self.tokenizer: Tokenizer | None = _load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.model = ReferenceModel(weights, capacity=self.capacity, device=device)
         if backend == "cpu":
             from .cpu_backend import CpuBackend
@@ -76,6 +97,7 @@ class Engine:
 
     @classmethod
     def from_preset(cls, name: str, *, seed: int = 0, backend: Backend = "reference", **kw) -> "Engine":
+        check_allocatable(name)
         return cls(random_weights(preset(name), seed), backend=backend, **kw)
 
     # ------------------------------------------------------------- tokens
@@ -152,6 +174,13 @@ class ReferenceBackend:
         return out
 
 
-def _load_tokenizer(path: Path):
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(str(path))
+def _load_tokenizer(path: Path) -> Tokenizer:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise CheckpointError(f"{path}: reading it needs the `tokenizers` package "
+                         "(pip install 'tilewarp[demo]')") from None
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        raise CheckpointError(f"{path}: not a valid tokenizer.json ({e})") from None

@@ -34,6 +34,9 @@ from .trace import TRACE_WORDS, records
 log = logging.getLogger("tilewarp.megakernel")
 
 THREADS = 256
+#: Ops with a device implementation in csrc/ops (dispatched in csrc/megakernel.cu).
+GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_PARTIAL, Op.ATTN_MERGE, Op.ROUTE,
+                     Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE})
 SMEM_BYTES = (2 * 16 + 40 * 1024 + 12 * 1024) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
 
@@ -98,6 +101,9 @@ class MegakernelRunner:
                               f"{cfg.num_experts} / {cfg.top_k}")
         if cfg.n_group > 1:
             raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
+        missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
+        if missing:
+            raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")
         if program.tokens > 16:
             raise GraphError("the megakernel takes at most 16 tokens per step")
         self.p, self.cfg, self.cache = program, cfg, cache

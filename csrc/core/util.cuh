@@ -50,3 +50,13 @@ __device__ __forceinline__ float tw_warp_max(float v) {
 
 __device__ __forceinline__ int tw_warp() { return threadIdx.x >> 5; }
 __device__ __forceinline__ int tw_lane() { return threadIdx.x & 31; }
+
+// Warp-wide argmax: the largest value, the lowest index among equals (as a global argmax).
+__device__ __forceinline__ void tw_warp_argmax(float& best, int& arg) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+        if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
+    }
+}

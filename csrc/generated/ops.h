@@ -3,6 +3,8 @@
 #define TW_N_ARGS 16
 #define TW_STATE_POS 0
 #define TW_STATE_STEP 1
+#define TW_STATE_SEED 2
+#define TW_STATE_INV_TEMP 3
 #define TW_STATE_WORDS 4
 
 #define TW_OP_EMBED 1
@@ -138,6 +140,7 @@
 #define TW_LM_HEAD_LOGITS_LD 9
 #define TW_LM_HEAD_BEST_OFF 10
 #define TW_LM_HEAD_TILE 11
+#define TW_LM_HEAD_STATE_OFF 12
 
 #define TW_OP_SAMPLE 12
 #define TW_SAMPLE_BEST_OFF 0

@@ -14,23 +14,6 @@ __device__ void tw_op_expert_down(const TwCtx& c, const int* a) {
     const unsigned char* ds = reinterpret_cast<const unsigned char*>(D.b) + expert * (long long)D.rows * (k / 32);
     float* y = c.arena + a[TW_EXPERT_DOWN_Y_OFF];
     const int ld = a[TW_EXPERT_DOWN_Y_LD];
-    const int n1 = a[TW_EXPERT_DOWN_N1];
-    for (int n = a[TW_EXPERT_DOWN_N0] + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
-        TwFp4Row rows[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-            rows[i] = n + i < n1 ? TwFp4Row{dc + (long long)(n + i) * (k / 2), ds + (long long)(n + i) * (k / 32)}
-                                 : TwFp4Row{nullptr, nullptr};
-        float acc[2][TW_MAX_T];
-        tw_gemv_mxfp4<2>(x, rows, acc);
-        if (tw_lane() == 0) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                if (n + i >= n1) break;
-#pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r)
-                    if (r < count) y[c.s_tok[r] * ld + n + i] = acc[i][r];
-            }
-        }
-    }
+    tw_gemv_mxfp4_tile(x, dc, ds, k, a[TW_EXPERT_DOWN_N0], a[TW_EXPERT_DOWN_N1],
+                       [&](int n, int r, float v) { y[c.s_tok[r] * ld + n] = v; });
 }

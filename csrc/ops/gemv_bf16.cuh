@@ -63,3 +63,25 @@ __device__ __forceinline__ void tw_row_pair(const __nv_bfloat16* w, int k, int n
     rows[0] = n < n_end ? w + (long long)n * k : nullptr;
     rows[1] = n + 1 < n_end ? w + (long long)(n + 1) * k : nullptr;
 }
+
+// Output rows n0..n1 of W [N, k] against the input rows, two rows per warp; `store(n, r, v)`
+// is called (by lane 0) with output row n, input row r and the fp32 dot product.
+template <class Store>
+__device__ __forceinline__ void tw_gemv_bf16_tile(const TwRows& x, const __nv_bfloat16* w, int k, int n0, int n1,
+                                                  Store store) {
+    for (int n = n0 + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
+        const __nv_bfloat16* rows[2];
+        tw_row_pair(w, k, n, n1, rows);
+        float acc[2][TW_MAX_T];
+        tw_gemv_bf16<2>(x, rows, acc);
+        if (tw_lane() == 0) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                if (n + i >= n1) break;
+#pragma unroll
+                for (int r = 0; r < TW_MAX_T; ++r)
+                    if (r < x.n) store(n + i, r, acc[i][r]);
+            }
+        }
+    }
+}

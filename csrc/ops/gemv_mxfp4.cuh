@@ -78,3 +78,28 @@ __device__ __forceinline__ void tw_gemv_mxfp4(const TwRows& x, const TwFp4Row (&
         for (int r = 0; r < TW_MAX_T; ++r)
             if (r < x.n) acc[i][r] = tw_warp_sum(acc[i][r]);
 }
+
+// Output rows n0..n1 of one expert's weight (codes [N, k/2], scales [N, k/32]) against the
+// input rows, two rows per warp; `store(n, r, v)` as in tw_gemv_bf16_tile.
+template <class Store>
+__device__ __forceinline__ void tw_gemv_mxfp4_tile(const TwRows& x, const unsigned char* codes,
+                                                   const unsigned char* scales, int k, int n0, int n1, Store store) {
+    for (int n = n0 + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
+        TwFp4Row rows[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+            rows[i] = n + i < n1 ? TwFp4Row{codes + (long long)(n + i) * (k / 2), scales + (long long)(n + i) * (k / 32)}
+                                 : TwFp4Row{nullptr, nullptr};
+        float acc[2][TW_MAX_T];
+        tw_gemv_mxfp4<2>(x, rows, acc);
+        if (tw_lane() == 0) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                if (n + i >= n1) break;
+#pragma unroll
+                for (int r = 0; r < TW_MAX_T; ++r)
+                    if (r < x.n) store(n + i, r, acc[i][r]);
+            }
+        }
+    }
+}

@@ -10,21 +10,7 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
     const int n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
     float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
-    for (int n = n0 + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
-        const __nv_bfloat16* rows[2];
-        tw_row_pair(w, k, n, n1, rows);
-        float acc[2][TW_MAX_T];
-        tw_gemv_bf16<2>(x, rows, acc);
-        if (tw_lane() == 0) {
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                if (n + i >= n1) break;
-#pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r)
-                    if (r < t) logits[r * ld + n + i] = acc[i][r];
-            }
-        }
-    }
+    tw_gemv_bf16_tile(x, w, k, n0, n1, [&](int n, int r, float v) { logits[r * ld + n] = v; });
     __syncthreads();
     // Tile max / argmax: a warp per row.
     for (int r = tw_warp(); r < t; r += TW_WARPS) {
@@ -34,12 +20,7 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
             const float v = tw_ld(logits + r * ld + n);
             if (v > best || (v == best && n < arg)) { best = v; arg = n; }
         }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
-            if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
-        }
+        tw_warp_argmax(best, arg);
         if (tw_lane() == 0) {
             float* b = c.arena + a[TW_LM_HEAD_BEST_OFF] + r * 2;
             b[0] = best;

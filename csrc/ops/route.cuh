@@ -33,12 +33,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
                 const float ch = score[r * e + x] + tw_bf16(bias[x]);
                 if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
             }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const int oa = __shfl_xor_sync(0xffffffffu, arg, o);
-                if (ob > best || (ob == best && oa < arg)) { best = ob; arg = oa; }
-            }
+            tw_warp_argmax(best, arg);
             if ((arg & 31) == lane) taken |= 1u << (arg >> 5);
             const float sc = score[r * e + arg];
             sum += sc;

@@ -1,5 +1,6 @@
 """ATTN_MERGE: combine a kv head's chunk partials into attention output rows. The sink
-logit (if any) joins the max and the denominator only: it carries no value."""
+logit (if any) joins the max and the denominator only: it carries no value. Shapes come
+from the layer table, so draft layers (DRAFT_ATTN partials) merge with this op too."""
 
 import torch
 
@@ -8,8 +9,8 @@ from .context import Ctx
 
 def run(ctx: Ctx, a: dict[str, int]) -> None:
     layer, h, t, n = a["layer"], a["kvh"], a["t"], a["n_chunks"]
-    spec = ctx.cfg.attn(layer)
-    grp, vd = spec.group, spec.v_head_dim
+    spec = ctx.layer(layer)
+    grp, vd = spec.group, spec.v_dim
     rows = t * grp
     part = ctx.rows(a["part_off"], 2 + vd, n * rows, 2 + vd).reshape(n, rows, 2 + vd)
     m, l, acc = part[:, :, 0], part[:, :, 1], part[:, :, 2:]

@@ -1,14 +1,20 @@
-"""What a CPU op sees: the arena as fp32/int32 views, the weight table, the KV cache."""
+"""What a CPU op sees: the arena as fp32/int32 views, the weight table, the KV cache (and
+the drafter's context cache in DFlash programs), and the layer table over both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import ModelConfig
 from ..graph.ops import STATE_POS
 from ..kv_cache import KVCache
+from .layer_view import LayerView, layer_view
+
+if TYPE_CHECKING:
+    from ..dflash.kv_cache import DraftKVCache
 
 
 @dataclass
@@ -17,6 +23,7 @@ class Ctx:
     arena: torch.Tensor                    # fp32 words
     weights: list[dict[str, torch.Tensor]]
     cache: KVCache
+    draft_cache: "DraftKVCache | None" = None
 
     @property
     def arena_i(self) -> torch.Tensor:
@@ -34,6 +41,10 @@ class Ctx:
 
     def w(self, wid: int, key: str = "w") -> torch.Tensor:
         return self.weights[wid][key]
+
+    def layer(self, layer: int) -> LayerView:
+        """Layer-table id -> KV cache and attention shape (target or draft layer)."""
+        return layer_view(self.cfg, self.cache, self.draft_cache, layer)
 
 
 def rms_norm_rows(ctx: Ctx, x: torch.Tensor, w_norm: int) -> torch.Tensor:

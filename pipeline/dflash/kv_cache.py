@@ -52,6 +52,13 @@ class DraftKVCache:
         self.owner[positions.cpu() % self.slots] = positions.cpu()
         self.length = int(positions[-1]) + 1
 
+    def mark_written(self, start: int, end: int) -> None:
+        """Record that a device program wrote K/V of positions start..end-1 in every layer
+        (a DFlash program's block or context rows), so that a later rollback needing a slot
+        they overwrote is refused. The length is the caller's to set."""
+        positions = torch.arange(start, end)
+        self.owner[positions % self.slots] = positions
+
     def read(self, layer: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V ``[kv_heads, N, head_dim]`` fp32 of the given context positions."""
         slots = (positions % self.slots).to(self.k[layer].device)

@@ -26,15 +26,17 @@ def _x_args(x: Buffer, norm: object) -> dict:
 
 
 def linear(g: Graph, stage: str, layer: int, x: Buffer, w_name: str, out: Buffer, pol: TilePolicy, *,
-           norm: str | None = None, resid: Buffer | None = None) -> None:
-    """out = norm?(x) @ W^T (+ resid), cut over output rows (= out columns)."""
+           norm: str | None = None, resid: Buffer | None = None, cols: tuple[int, int] | None = None) -> None:
+    """out = norm?(x) @ W^T (+ resid), cut over output rows (= out columns). `cols`: compute
+    only out columns [c0, c1) (weight rows c0:c1), e.g. the k/v rows of a fused qkv weight."""
     n, k, t = out.cols, x.cols, x.rows
+    c0, c1 = cols or (0, n)
     w = g.weight(w_name, "bf16", rows=n, cols=k)
     wn = g.weight(norm, "vector", size=k) if norm else -1
     xa, x_all = _x_args(x, wn), x.tile()
     out_a = {"out_off": At(out), "out_ld": Ld(out), "resid_off": At(resid) if resid else -1,
              "resid_ld": Ld(resid) if resid else 0}
-    for n0, n1 in pol.split(n, pol.tiles_for(n * k * BF16, n)):
+    for n0, n1 in ((c0 + a, c0 + b) for a, b in pol.split(c1 - c0, pol.tiles_for((c1 - c0) * k * BF16, c1 - c0))):
         reads = [x_all] + ([resid.tile(0, t, n0, n1)] if resid else [])
         g.task(Op.LINEAR, {**xa, "w": w, "n0": n0, "n1": n1, **out_a},
                reads=reads, writes=[out.tile(0, t, n0, n1)], stage=stage, layer=layer,
@@ -97,8 +99,13 @@ def attention_block(g: Graph, layer: int, x: Buffer, state: Buffer, pol: TilePol
 
 
 def dense_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
-    cfg, t = g.cfg, g.tokens
-    p, hid, inter = f"L{layer}", cfg.hidden_size, cfg.dense_intermediate
+    return swiglu_ffn(g, f"L{layer}", layer, h, g.cfg.dense_intermediate, f"L{layer + 1}.x", pol)
+
+
+def swiglu_ffn(g: Graph, p: str, layer: int, h: Buffer, inter: int, out_name: str, pol: TilePolicy) -> Buffer:
+    """out = h + down(silu(gate n(h)) * up n(h)), n = RMSNorm by `{p}.norm_post`; weights
+    `{p}.gate|up|down`. The target's dense layer and every draft layer's MLP."""
+    t, hid = h.rows, h.cols
     act = g.buffer(f"{p}.act", t, inter)
     wg = g.weight(f"{p}.gate", "bf16", rows=inter, cols=hid)
     wu = g.weight(f"{p}.up", "bf16", rows=inter, cols=hid)
@@ -108,7 +115,7 @@ def dense_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
                                   "out_ld": Ld(act)},
                reads=[h.tile()], writes=[act.tile(0, t, n0, n1)], stage=f"{p}.gate_up", layer=layer,
                cost=Cost(2 * (n1 - n0) * hid * BF16, 4 * t * (n1 - n0) * hid))
-    x_next = g.buffer(f"L{layer + 1}.x", t, hid)
+    x_next = g.buffer(out_name, t, hid)
     linear(g, f"{p}.down", layer, act, f"{p}.down", x_next, pol, resid=h)
     return x_next
 

@@ -129,6 +129,7 @@ class Graph:
         self.buffers: list[Buffer] = []
         self.tasks: list[Task] = []
         self.weights: dict[str, WeightDecl] = {}
+        self.meta: dict = {}   # JSON-able facts the executors need (drafter, exported layers): Program.meta
         self._names: set[str] = set()
 
     def buffer(self, name: str, rows: int, cols: int, dtype: Literal["f32", "i32"] = "f32",

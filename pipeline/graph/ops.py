@@ -7,7 +7,9 @@ by a test, so Python and CUDA cannot drift apart.
 
 Conventions: `*_off` are word offsets into the arena (4-byte words holding fp32 or
 int32); `*_ld` are row strides in words; `w_*` are weight-table ids (-1 = none);
-`kv` is a KV-cache table id (one per layer). Rows of an activation are tokens.
+`kv` is a layer-table id: target layer L is id L, draft layer i of a DFlash program is
+id `num_layers + i` (the program's `meta["draft_kv_base"]`); the id names the layer's KV
+cache and attention shape. Rows of an activation are tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ class Op(IntEnum):
     MOE_COMBINE = 10   # out[t, c0:c1] = resid + sum_k w[t,k] * y[slot(t,k), t, c0:c1]
     LM_HEAD = 11       # logits[t, n0:n1] = norm(x) @ W^T; per-tile (max, argmax) per token
     SAMPLE = 12        # reduce tile maxima -> token per row; advance the step state
+    # DFlash (pipeline/graph/dflash_step.py); draft layers also reuse LINEAR, LINEAR_SWIGLU,
+    # ATTN_MERGE and LM_HEAD, which read draft shapes through the layer table.
+    DRAFT_EMBED = 13   # x[0, c0:c1] = E[tokens[0], c0:c1]; x[1:, c0:c1] = mask embedding
+    DRAFT_ROPE_KV = 14 # one draft kv head: q/k RMSNorm + RoPE, V*scale; K/V into the draft cache
+    DRAFT_ATTN = 15    # one draft kv head, one chunk of [context window ; block]: non-causal partial
+    EXPORT_HIDDEN = 16 # out[t, c0:c1] = x[t, c0:c1]: a target layer's output into the drafter's input
+    ARGMAX_ROWS = 17   # reduce tile maxima -> token per row (no state change)
+    ACCEPT = 18        # greedy DFlash acceptance: commit, next anchor, advance the position
 
 
 @dataclass(frozen=True)
@@ -69,19 +79,40 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
     OpSpec(Op.MOE_COMBINE, ("y_off", "y_ld", "t", "table_off", "resid_off", "resid_ld", "out_off", "out_ld", "c0",
                             "c1", "layer"),
            "weighted sum of each token's experts plus the residual"),
-    OpSpec(Op.LM_HEAD, _X + ("w", "n0", "n1", "logits_off", "logits_ld", "best_off", "tile"),
-           "vocab tile of logits with fused final norm; writes (max, argmax) per token"),
+    OpSpec(Op.LM_HEAD, _X + ("w", "n0", "n1", "logits_off", "logits_ld", "best_off", "tile", "state_off"),
+           "vocab tile of logits with fused final norm; writes (max, argmax) per token of the logits, or, "
+           "when state_off >= 0 and the state's inverse temperature is not 0, of logits * inv_temp + Gumbel "
+           "noise keyed by (seed, position of the chosen token, token id): see pipeline/counter_rng.py"),
     OpSpec(Op.SAMPLE, ("best_off", "n_tiles", "t", "out_off", "state_off", "tok_off"),
            "greedy token per row from tile maxima; writes tokens and advances the position"),
+    OpSpec(Op.DRAFT_EMBED, ("tok_off", "w", "w_mask", "out_off", "out_ld", "t", "c0", "c1"),
+           "DFlash block input: the target's embedding of the anchor, then t-1 rows of the mask embedding"),
+    OpSpec(Op.DRAFT_ROPE_KV, ("qkv_off", "qkv_ld", "t", "kv", "kvh", "q_off", "q_ld", "state_off", "w_rope",
+                              "w_qnorm", "w_knorm"),
+           "per-head q/k RMSNorm and RoPE at positions pos..pos+t-1, V times the layer's value scale; K/V "
+           "into the draft cache at those positions; rotated q rows to q_off unless q_off < 0 (context rows)"),
+    OpSpec(Op.DRAFT_ATTN, ("q_off", "q_ld", "t", "kv", "kvh", "chunk", "chunk_len", "part_off", "state_off"),
+           "partial (max, sum, acc) per query row over draft-cache positions lo + chunk * chunk_len .. "
+           "(clipped to pos + t), lo = max(0, pos - window); every row sees every key (non-causal)"),
+    OpSpec(Op.EXPORT_HIDDEN, ("x_off", "x_ld", "t", "c0", "c1", "out_off", "out_ld"),
+           "copy columns c0:c1 of t rows (out_off points at the layer's column block of the export)"),
+    OpSpec(Op.ARGMAX_ROWS, ("best_off", "n_tiles", "t", "out_off"),
+           "greedy token per row from tile maxima (lowest id among equal maxima), as int32 at out_off"),
+    OpSpec(Op.ACCEPT, ("prop_off", "choice_off", "t", "tok_off", "out_off", "out_ld", "state_off"),
+           "accept proposals while they equal the target's choice; commit them plus the target's next "
+           "choice; write the count and tokens to out row STATE_STEP, the next anchor to tok_off; advance"),
 )}
 
 for _spec in OPS.values():
     assert len(_spec.args) <= N_ARGS, _spec
 
 
-# Step state block (int32 words at state_off): what only the device knows mid-run.
+# Step state block (int32 words at state_off): what only the device knows mid-run, and
+# the request's sampling parameters, which the host writes at the start of a launch.
 STATE_POS = 0       # committed tokens before this step (position of row 0)
 STATE_STEP = 1      # steps completed by this launch
+STATE_SEED = 2      # sampling seed (32 bits)
+STATE_INV_TEMP = 3  # 1 / temperature as fp32 bits; 0 = greedy
 STATE_WORDS = 4
 
 # Slot table (int32 words at table_off) for S slots and T tokens, top-k K.
@@ -105,7 +136,8 @@ def render_c_header() -> str:
     """The C mirror of this table (written to csrc/generated/ops.h)."""
     lines = ["// Generated by tilewarp.pipeline.graph.ops.render_c_header(). Do not edit.",
              "#pragma once", f"#define TW_N_ARGS {N_ARGS}", f"#define TW_STATE_POS {STATE_POS}",
-             f"#define TW_STATE_STEP {STATE_STEP}", f"#define TW_STATE_WORDS {STATE_WORDS}", ""]
+             f"#define TW_STATE_STEP {STATE_STEP}", f"#define TW_STATE_SEED {STATE_SEED}",
+             f"#define TW_STATE_INV_TEMP {STATE_INV_TEMP}", f"#define TW_STATE_WORDS {STATE_WORDS}", ""]
     for op, spec in OPS.items():
         lines.append(f"#define TW_OP_{op.name} {int(op)}")
         for i, a in enumerate(spec.args):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from tilewarp.pipeline.errors import InputError
@@ -32,32 +33,101 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
     return "generate"
 
 
+# SamplingParams names its fields; the CLI user typed these flags.
+_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "seed": "--sample-seed",
+          "max_tokens": "--max-tokens", "stop_tokens": "--stop", "capacity": "--capacity"}
+
+
+def _as_flag(e: InputError) -> InputError:
+    """The same error, with the leading parameter name replaced by its command-line flag."""
+    msg = str(e)
+    m = re.match(r"[a-z_]+", msg)
+    name = m.group() if m else ""
+    return InputError(_FLAGS[name] + msg[len(name):] if name in _FLAGS else msg)
+
+
+def _sampling_params(args: argparse.Namespace) -> SamplingParams:
+    try:
+        return SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              seed=args.sample_seed, max_tokens=args.max_tokens, stop_tokens=tuple(args.stop))
+    except InputError as e:
+        raise _as_flag(e) from None
+
+
 def _prompt_ids(engine: Engine, text: str, force_ids: bool) -> list[int]:
     if engine.tokenizer is not None and not force_ids:
-        return engine.encode(text)
-    try:
-        return [int(x) for x in text.split()]
-    except ValueError:
-        raise InputError(f"--prompt {text!r}: this model has no tokenizer.json, so the prompt must be "
-                         "space-separated token ids") from None
+        ids, source = engine.encode(text), " (from tokenizer.json)"
+    else:
+        try:
+            ids, source = [int(x) for x in text.split()], ""
+        except ValueError:
+            why = "with --ids" if force_ids else "this model has no tokenizer.json, so"
+            raise InputError(f"--prompt {text!r}: {why} the prompt must be space-separated token ids") from None
+    if not ids:
+        raise InputError(f"--prompt {text!r}: empty; give at least one token")
+    vocab = engine.cfg.vocab_size
+    for i, t in enumerate(ids):
+        if not 0 <= t < vocab:
+            raise InputError(f"--prompt: token id {t} at index {i}{source} is out of range "
+                             f"[0, vocab_size={vocab})")
+    return ids
+
+
+class _TextStream:
+    """Incremental detokenisation: decode a short window of ids and emit only the new text,
+    holding back a trailing partial UTF-8 character (a byte-level token can end mid-character)."""
+
+    def __init__(self, engine: Engine, prompt: list[int]):
+        self.engine = engine
+        self.ids = list(prompt)
+        self.prefix = max(0, len(prompt) - 5)   # decode from a little before the new ids: context for spacing
+        self.read = len(prompt)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> str:
+        before = self.engine.decode_text(self.ids[self.prefix:self.read])
+        text = self.engine.decode_text(self.ids[self.prefix:])
+        if len(text) <= len(before) or (text.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before):]
 
 
 def run(args: argparse.Namespace) -> int:
+    params = _sampling_params(args)
     kw = {"backend": args.backend, "capacity": args.capacity, "device": args.device}
-    engine = (Engine.from_preset(args.preset, seed=args.seed, **kw) if args.preset
-              else Engine.from_checkpoint(args.model, **kw))
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            seed=args.sample_seed, max_tokens=args.max_tokens, stop_tokens=tuple(args.stop))
+    try:
+        engine = (Engine.from_preset(args.preset, seed=args.seed, **kw) if args.preset
+                  else Engine.from_checkpoint(args.model, **kw))
+    except InputError as e:
+        raise _as_flag(e) from None
+    try:
+        params.check_vocab(engine.cfg.vocab_size)
+    except InputError as e:
+        raise _as_flag(e) from None
     ids = _prompt_ids(engine, args.prompt, args.ids)
-    text_mode = engine.tokenizer is not None
-    if text_mode:
-        sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    for tok in engine.stream(ids, params):
-        sys.stdout.write(engine.decode_text([tok]) if text_mode else f" {tok}")
+    if len(ids) + params.max_tokens > engine.capacity:
+        raise InputError(f"--max-tokens {params.max_tokens}: the prompt ({len(ids)} tokens) plus the tokens to "
+                         f"generate exceed the KV cache capacity {engine.capacity} (--capacity; the model's context "
+                         f"is {engine.cfg.max_position})")
+    # With a tokenizer: the prompt, then the decoded text as it streams. Without: the generated ids.
+    text = _TextStream(engine, ids) if engine.tokenizer is not None else None
+    if text is not None:
+        sys.stdout.write(engine.decode_text(ids) if args.ids else args.prompt)
         sys.stdout.flush()
+    for n, tok in enumerate(engine.stream(ids, params)):
+        sys.stdout.write(text.push(tok) if text is not None else f"{' ' if n else ''}{tok}")
+        sys.stdout.flush()
+    sys.stdout.write((text.flush() if text is not None else "") + "\n")
+    sys.stdout.flush()
     r = engine.last
     assert r is not None
-    print(f"\n[{engine.cfg.name} / {engine.backend}] prompt {r.prompt_tokens} tokens in {r.prefill_s * 1e3:.1f} ms; "
+    print(f"[{engine.cfg.name} / {engine.backend}] prompt {r.prompt_tokens} tokens in {r.prefill_s * 1e3:.1f} ms; "
           f"generated {len(r.tokens)} tokens in {r.decode_s:.3f} s = {r.tokens_per_s:.1f} tokens/s", file=sys.stderr)
     return 0

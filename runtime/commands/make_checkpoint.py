@@ -8,6 +8,8 @@ import sys
 from tilewarp.pipeline.checkpoint import make_checkpoint
 from tilewarp.pipeline.presets import PRESETS
 
+from ..engine import check_allocatable
+
 
 def add_parser(sub: argparse._SubParsersAction) -> str:
     p = sub.add_parser("make-checkpoint", help="write a random checkpoint (MXFP4 experts) of a preset shape")
@@ -20,10 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.preset in ("mimo-v2-flash", "mimo-v2.5-pro"):
-        print(f"tilewarp: {args.preset} is for planning only; a random checkpoint of it would be hundreds of GB",
-              file=sys.stderr)
-        return 2
+    check_allocatable(args.preset)   # before anything is written to OUT
     path = make_checkpoint(args.preset, args.out, seed=args.seed, max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
                            overwrite=args.overwrite, progress=lambda m: print(m, file=sys.stderr))
     print(path)

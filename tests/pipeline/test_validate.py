@@ -177,8 +177,8 @@ def lower_with_bad_arena(monkeypatch, kind: str, pick, shift: int = 0) -> Progra
     (`pick` chooses the pair) and does not report the overlap in `shared`."""
     real = schedule_mod.plan_arena
 
-    def bad(g: Graph, *args):
-        top, shared = real(g, *args)
+    def bad(g: Graph, *args, **kwargs):
+        top, shared = real(g, *args, **kwargs)
         a, b = pick(live_pairs(g))
         b.offset = a.offset + shift
         assert b.offset + b.words <= top

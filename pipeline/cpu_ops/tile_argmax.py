@@ -1,0 +1,14 @@
+"""The greedy reduction shared by SAMPLE and ARGMAX_ROWS: per row, the lowest token id
+among the tiles' equal maxima, which is what one argmax over the whole row gives."""
+
+import torch
+
+from .context import Ctx
+
+
+def tile_argmax(ctx: Ctx, best_off: int, n_tiles: int, t: int) -> torch.Tensor:
+    """int32 [t]: the token per row from `n_tiles` tiles of (max, argmax as float) rows."""
+    best = ctx.rows(best_off, 2, n_tiles * t, 2).reshape(n_tiles, t, 2)
+    vals, ids = best[:, :, 0], best[:, :, 1]
+    top = vals.max(dim=0).values
+    return torch.where(vals == top[None, :], ids, torch.full_like(ids, float("inf"))).min(dim=0).values.int()
