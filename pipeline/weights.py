@@ -48,6 +48,32 @@ class DictSource:
         return self._t[name]
 
 
+def check_structure(source: TensorSource, specs: dict[str, TensorSpec], where: str, what: str) -> None:
+    """Names, shapes and dtypes of `source` against `specs`, without reading tensor data."""
+    have = set(source.keys())
+    missing = [n for n in specs if n not in have]
+    extra = sorted(have - set(specs))
+    if missing:
+        raise CheckpointError(f"{where}: tensor {missing[0]} is missing ({len(missing)} missing in all: "
+                              f"{missing[:4]})")
+    if extra:
+        raise CheckpointError(f"{where}: tensor {extra[0]} is not part of a {what} ({len(extra)} unexpected in "
+                              f"all: {extra[:4]})")
+    for name, spec in specs.items():
+        shape, dtype = source.meta(name)
+        if tuple(shape) != spec.shape:
+            raise CheckpointError(f"{where}: tensor {name}: shape {tuple(shape)}, expected {spec.shape}")
+        if dtype != spec.dtype:
+            raise CheckpointError(f"{where}: tensor {name}: dtype {dtype}, expected {spec.dtype}")
+
+
+def check_finite(t: torch.Tensor, name: str, where: str) -> None:
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise CheckpointError(f"{where}: tensor {name}: non-finite value {t[idx].item()} at {idx}")
+
+
 class Mxfp4Weight(NamedTuple):
     codes: torch.Tensor   # uint8 [out, in/2], low nibble = even input index
     scales: torch.Tensor  # uint8 [out, in/32], E8M0
@@ -70,20 +96,7 @@ class Weights:
 
     # ------------------------------------------------------------- structure
     def _check_structure(self) -> None:
-        have = set(self.source.keys())
-        want = set(self.specs)
-        missing, extra = sorted(want - have), sorted(have - want)
-        if missing:
-            raise CheckpointError(f"{self.where}: {len(missing)} tensor(s) missing, e.g. {missing[:3]}")
-        if extra:
-            raise CheckpointError(f"{self.where}: {len(extra)} unexpected tensor(s), e.g. {extra[:3]} "
-                                  f"(not part of a {self.cfg.name!r} model)")
-        for name, spec in self.specs.items():
-            shape, dtype = self.source.meta(name)
-            if tuple(shape) != spec.shape:
-                raise CheckpointError(f"{self.where}: tensor {name}: shape {tuple(shape)}, expected {spec.shape}")
-            if dtype != spec.dtype:
-                raise CheckpointError(f"{self.where}: tensor {name}: dtype {dtype}, expected {spec.dtype}")
+        check_structure(self.source, self.specs, self.where, f"{self.cfg.name!r} model")
 
     # ----------------------------------------------------------------- reads
     def raw(self, name: str) -> torch.Tensor:
@@ -101,10 +114,7 @@ class Weights:
         if codec == "mxfp4_scale":
             mxfp4.check_scales(t, name=f"{self.where}: {name}")
         elif codec in ("bf16", "fp8_scale"):
-            bad = ~torch.isfinite(t)
-            if bool(bad.any()):
-                idx = tuple(int(i) for i in bad.nonzero()[0])
-                raise CheckpointError(f"{self.where}: tensor {name}: non-finite value {t[idx].item()} at {idx}")
+            check_finite(t, name, self.where)
             if codec == "fp8_scale" and bool((t <= 0).any()):
                 raise CheckpointError(f"{self.where}: tensor {name}: FP8 block scale must be positive")
         elif codec == "fp8":

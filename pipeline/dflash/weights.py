@@ -11,9 +11,8 @@ import math
 
 import torch
 
-from ..errors import CheckpointError
 from ..tensor_specs import TensorSpec
-from ..weights import DictSource, TensorSource
+from ..weights import DictSource, TensorSource, check_finite, check_structure
 from .config import DraftConfig
 from .tensor_specs import draft_tensor_specs
 
@@ -30,21 +29,7 @@ class DraftWeights:
         self._check_structure()
 
     def _check_structure(self) -> None:
-        have = set(self.source.keys())
-        missing = [n for n in self.specs if n not in have]
-        extra = sorted(have - set(self.specs))
-        if missing:
-            raise CheckpointError(f"{self.where}: tensor {missing[0]} is missing ({len(missing)} missing in all: "
-                                  f"{missing[:4]})")
-        if extra:
-            raise CheckpointError(f"{self.where}: tensor {extra[0]} is not part of a {self.cfg.name!r} drafter "
-                                  f"({len(extra)} unexpected in all: {extra[:4]})")
-        for name, spec in self.specs.items():
-            shape, dtype = self.source.meta(name)
-            if tuple(shape) != spec.shape:
-                raise CheckpointError(f"{self.where}: tensor {name}: shape {tuple(shape)}, expected {spec.shape}")
-            if dtype != spec.dtype:
-                raise CheckpointError(f"{self.where}: tensor {name}: dtype {dtype}, expected {spec.dtype}")
+        check_structure(self.source, self.specs, self.where, f"{self.cfg.name!r} drafter")
 
     def get(self, name: str) -> torch.Tensor:
         """The stored tensor, its values checked on first read."""
@@ -52,10 +37,7 @@ class DraftWeights:
             raise KeyError(f"{name} is not a tensor of a {self.cfg.name!r} drafter")
         t = self.source.get(name)
         if name not in self._checked:
-            bad = ~torch.isfinite(t)
-            if bool(bad.any()):
-                idx = tuple(int(i) for i in bad.nonzero()[0])
-                raise CheckpointError(f"{self.where}: tensor {name}: non-finite value {t[idx].item()} at {idx}")
+            check_finite(t, name, self.where)
             self._checked.add(name)
         return t
 
