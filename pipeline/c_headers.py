@@ -17,7 +17,7 @@ from .schedule import MAX_WAITS
 
 #: numpy base type -> C type (built-in types only: NVRTC has no <stdint.h>).
 _C_TYPES = {"u1": "unsigned char", "u2": "unsigned short", "u4": "unsigned int", "i4": "int",
-            "u8": "unsigned long long", "i8": "long long"}
+            "u8": "unsigned long long", "i8": "long long", "f4": "float"}
 
 _FIELD_DOCS = {
     "op": "TW_OP_*",
@@ -33,28 +33,34 @@ _FIELD_DOCS = {
 }
 
 
-def render_desc_struct(dtype: np.dtype = DESC_DTYPE) -> str:
-    """`struct TwDesc` with the layout of `dtype` (little-endian, packed as numpy packs it)."""
-    lines = ["// Task descriptor: mirrors tilewarp.pipeline.lower.DESC_DTYPE (little-endian).",
-             f"#define TW_DESC_BYTES {dtype.itemsize}", f"#define TW_MAX_WAITS {MAX_WAITS}",
-             f"#define TW_DESC_ARGS {DESC_ARGS}", "struct TwDesc {"]
+def render_struct(name: str, dtype: np.dtype, docs: dict[str, str] | None = None) -> str:
+    """A C struct with the layout of the numpy `dtype`: fields in order, no gaps allowed
+    (so order plus the sizeof assert pin every offset; NVRTC 13.0 rejects offsetof here)."""
+    docs = docs or {}
+    lines = [f"struct {name} {{"]
     end = 0
-    for name in dtype.names:
-        ft, off = dtype.fields[name][:2]
+    for field in dtype.names:
+        ft, off = dtype.fields[field][:2]
         base, shape = (ft.subdtype if ft.subdtype else (ft, ()))
         if base.byteorder == ">" or base.str[1:] not in _C_TYPES:
-            raise TypeError(f"descriptor field {name!r} has type {base.str}, which has no C mirror here")
+            raise TypeError(f"{name} field {field!r} has type {base.str}, which has no C mirror here")
         if off != end:
-            raise TypeError(f"descriptor field {name!r} at byte {off} leaves a gap after byte {end}")
+            raise TypeError(f"{name} field {field!r} at byte {off} leaves a gap after byte {end}")
         dims = "".join(f"[{n}]" for n in shape)
-        doc = _FIELD_DOCS.get(name, "")
-        # No offsetof asserts: NVRTC 13.0 rejects __builtin_offsetof here. Fields are
-        # contiguous (checked above), so order + the sizeof assert pin every offset.
-        lines.append(f"    {_C_TYPES[base.str[1:]]} {name}{dims};  // offset {off}" + (f": {doc}" if doc else ""))
+        doc = docs.get(field, "")
+        lines.append(f"    {_C_TYPES[base.str[1:]]} {field}{dims};  // offset {off}" + (f": {doc}" if doc else ""))
         end = off + ft.itemsize
     lines.append("};")
-    lines.append(f'static_assert(sizeof(TwDesc) == {dtype.itemsize}, "TwDesc size");')
+    lines.append(f'static_assert(sizeof({name}) == {dtype.itemsize}, "{name} size");')
     return "\n".join(lines) + "\n"
+
+
+def render_desc_struct(dtype: np.dtype = DESC_DTYPE) -> str:
+    """`struct TwDesc` with the layout of `dtype` (little-endian, packed as numpy packs it)."""
+    head = ["// Task descriptor: mirrors tilewarp.pipeline.lower.DESC_DTYPE (little-endian).",
+            f"#define TW_DESC_BYTES {dtype.itemsize}", f"#define TW_MAX_WAITS {MAX_WAITS}",
+            f"#define TW_DESC_ARGS {DESC_ARGS}"]
+    return "\n".join(head) + "\n" + render_struct("TwDesc", dtype, _FIELD_DOCS)
 
 
 def generated_headers() -> dict[str, str]:

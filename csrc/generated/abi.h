@@ -7,53 +7,56 @@
 #define TW_WEIGHT_ROPE 3
 
 struct TwWeight {
-  unsigned long long a;  // offset 0
-  unsigned long long b;  // offset 8
-  int rows;  // offset 16
-  int cols;  // offset 20
-  int experts;  // offset 24
-  int kind;  // offset 28
+    unsigned long long a;  // offset 0
+    unsigned long long b;  // offset 8
+    int rows;  // offset 16
+    int cols;  // offset 20
+    int experts;  // offset 24
+    int kind;  // offset 28
 };
-static_assert(sizeof(TwWeight) == 32, "TwWeight layout");
+static_assert(sizeof(TwWeight) == 32, "TwWeight size");
+
 
 struct TwLayer {
-  unsigned long long k;  // offset 0
-  unsigned long long v;  // offset 8
-  int slots;  // offset 16
-  int kv_heads;  // offset 20
-  int heads;  // offset 24
-  int head_dim;  // offset 28
-  int v_dim;  // offset 32
-  int rotary_dim;  // offset 36
-  int window;  // offset 40
-  int pad;  // offset 44
+    unsigned long long k;  // offset 0
+    unsigned long long v;  // offset 8
+    int slots;  // offset 16
+    int kv_heads;  // offset 20
+    int heads;  // offset 24
+    int head_dim;  // offset 28
+    int v_dim;  // offset 32
+    int rotary_dim;  // offset 36
+    int window;  // offset 40
+    int pad;  // offset 44
 };
-static_assert(sizeof(TwLayer) == 48, "TwLayer layout");
+static_assert(sizeof(TwLayer) == 48, "TwLayer size");
+
 
 struct TwParams {
-  unsigned long long desc;  // offset 0
-  unsigned long long queue;  // offset 8
-  unsigned long long queue_start;  // offset 16
-  unsigned long long counters;  // offset 24
-  unsigned long long arena;  // offset 32
-  unsigned long long weights;  // offset 40
-  unsigned long long layers;  // offset 48
-  unsigned long long status;  // offset 56
-  unsigned long long abort_flag;  // offset 64
-  unsigned long long trace;  // offset 72
-  int n_tasks;  // offset 80
-  int n_workers;  // offset 84
-  int n_steps;  // offset 88
-  int step_base;  // offset 92
-  unsigned long long wait_bound_ns;  // offset 96
-  float rms_eps;  // offset 104
-  float value_scale;  // offset 108
-  float routed_scaling;  // offset 112
-  int num_experts;  // offset 116
-  int top_k;  // offset 120
-  int norm_topk_prob;  // offset 124
-  int trace_cap;  // offset 128
-  int pad;  // offset 132
+    unsigned long long desc;  // offset 0
+    unsigned long long queue;  // offset 8
+    unsigned long long queue_start;  // offset 16
+    unsigned long long counters;  // offset 24
+    unsigned long long arena;  // offset 32
+    unsigned long long weights;  // offset 40
+    unsigned long long layers;  // offset 48
+    unsigned long long status;  // offset 56
+    unsigned long long abort_flag;  // offset 64
+    unsigned long long trace;  // offset 72
+    int n_tasks;  // offset 80
+    int n_workers;  // offset 84
+    int n_steps;  // offset 88
+    int step_base;  // offset 92
+    unsigned long long wait_bound_ns;  // offset 96
+    float rms_eps;  // offset 104
+    float value_scale;  // offset 108
+    float routed_scaling;  // offset 112
+    int num_experts;  // offset 116
+    int top_k;  // offset 120
+    int norm_topk_prob;  // offset 124
+    int trace_cap;  // offset 128
+    int pad;  // offset 132
 };
-static_assert(sizeof(TwParams) == 136, "TwParams layout");
+static_assert(sizeof(TwParams) == 136, "TwParams size");
+
 

@@ -15,7 +15,7 @@ import pytest
 from tilewarp.pipeline.config import ceil_div
 from tilewarp.pipeline.errors import GraphError
 from tilewarp.pipeline.graph.ir import At, Cost, Graph
-from tilewarp.pipeline.graph.ops import OPS, Op
+from tilewarp.pipeline.graph.ops import Op
 from tilewarp.pipeline.graph.step import build_decode_step, build_step, build_verify_step
 from tilewarp.pipeline.graph.tiling import TilePolicy, attention_chunk
 from tilewarp.pipeline.kv_cache import MAX_STEP_TOKENS
