@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""Train a DFlash drafter for an exported target by self-distillation, and export it.
+
+    python -m examples.train.train_drafter --target out/target --preset stdlib-256 --minutes 8 --out out/drafter
+    python -m examples.train.train_drafter --target /tmp/toy/target --preset toy --minutes 1.5 --out /tmp/toy/drafter
+
+1. Load the target *from its checkpoint* (``export.load_target``: bf16 weights, decoded MXFP4
+   experts), frozen: the drafter learns what the runtime's target says, not what the fp32
+   training weights said.
+2. Generate (``--gen-frac`` of the time): prompts are function starts of the train split
+   plus random train windows (16..128 tokens); ``--gen-len`` tokens each, greedy for a
+   ``--greedy-frac`` share of the batches (the evaluation is greedy), sampled at
+   ``--temperature`` for the rest (more varied contexts).
+   Also greedy generations from the *valid* split's function prompts, for model selection.
+3. Train (the rest of the time): per step, a batch of generated sequences goes through the
+   frozen target once (fp32) for the hidden states at ``target_layer_ids``; ``--anchors``
+   random anchor positions per sequence (in the generated part, as at inference) each give a
+   block; loss = CE of slots 1..B-1 weighted ``exp(-(k-1)/gamma)`` (``drafter.draft_loss``).
+   Only ``fc``, the draft layers, the norms and the MASK embedding train; the target's
+   embedding and lm_head are used frozen.
+4. Keep the weights with the best valid "committed" (greedy DFlash tokens per step on the
+   valid generations, computed from the block predictions), export them to ``--out``,
+   check the export against ``DraftModel``, and, with ``--eval-prompts N``, run the real
+   greedy DFlash decoder on N held-out prompts (``eval_acceptance``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+if __package__ in (None, ""):
+    sys.path.append(str(Path(__file__).resolve().parents[2]))
+
+import torch
+from tokenizers import Tokenizer
+
+from tilewarp.pipeline.checkpoint import load_checkpoint
+from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
+from tilewarp.pipeline.dflash.draft_model import DraftModel
+
+from examples.train import data, eval_acceptance, export, loop, presets, prompts, tokenizer
+from examples.train.batches import encode_stream
+from examples.train.drafter import TrainableDrafter, draft_loss, sample_anchors
+from examples.train.generate import generate, prompt_batches
+from examples.train.model import TargetLM
+from examples.train.state import load_state, save_state
+
+Generated = tuple[torch.Tensor, int]       # ([rows, prompt + gen] tokens on the CPU, prompt length)
+
+
+@dataclass
+class DrafterResult:
+    out: Path
+    steps: int = 0
+    sequences: int = 0
+    losses: list[float] = field(default_factory=list)
+    best_committed: float = 0.0
+    draft_max_diff: float = math.inf
+    acceptance: float | None = None
+    drafter: TrainableDrafter | None = None                      # the exported weights, fp32, eval mode
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--target", required=True, help="exported target directory (train_target --out)")
+    p.add_argument("--preset", default="stdlib-256", choices=sorted(presets.PRESETS))
+    p.add_argument("--out", required=True, help="directory for the exported drafter")
+    p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget, generation included")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-gen-batches", type=int, default=None, help="cap on generation batches (tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-files", type=int, default=None, help="stdlib files per split (default: preset's)")
+    for key, typ in (("gen_frac", float), ("gen_batch", int), ("gen_len", int), ("greedy_frac", float),
+                     ("temperature", float), ("batch", int), ("anchors", int), ("lr", float),
+                     ("weight_decay", float), ("warmup", int), ("gamma", float), ("log_every", float)):
+        p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="default: the preset's")
+    p.add_argument("--eval-every", type=float, default=60.0, help="seconds between valid evaluations")
+    p.add_argument("--valid-batches", type=int, default=2, help="greedy valid generation batches")
+    p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts for a final DFlash run")
+    p.add_argument("--eval-max-tokens", type=int, default=128)
+    p.add_argument("--state", default=None)
+    p.add_argument("--save-every", type=float, default=120.0)
+    p.add_argument("--resume", default=None)
+    return p.parse_args(argv)
+
+
+def prompt_pool(tok: Tokenizer, files: list[data.SourceFile], windows: int, generator: torch.Generator) -> list[list[int]]:
+    """Function-start prompts of ``files`` plus ``windows`` random token windows of 16..128 tokens."""
+    pool = [tok.encode(p.prompt).ids for p in prompts.function_prompts(files)]
+    if windows:
+        stream = encode_stream(tok, files, tokenizer.eot_id(tok))
+        for _ in range(windows):
+            n = int(torch.randint(16, 129, (1,), generator=generator))
+            start = int(torch.randint(0, max(1, stream.numel() - n), (1,), generator=generator))
+            pool.append(stream[start:start + n].tolist())
+    return pool
+
+
+def generate_set(target: TargetLM, batches: Iterator[torch.Tensor], count: int | None, budget: loop.Budget | None, gen_len: int,
+                 greedy_frac: float, temperature: float, device: torch.device,
+                 generator: torch.Generator) -> list[Generated]:
+    """Generation batches until ``count`` batches or the budget runs out (at least one)."""
+    dev_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    out: list[Generated] = []
+    while not out or ((count is None or len(out) < count) and (budget is None or not budget.done)):
+        p = next(batches).to(device)
+        greedy = float(torch.rand(1, generator=generator)) < greedy_frac
+        seq = generate(target, p, gen_len, temperature=0.0 if greedy else temperature, generator=dev_gen)
+        out.append((seq.cpu(), p.shape[1]))
+    return out
+
+
+def hidden_states(target: TargetLM, tokens: torch.Tensor, layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """The frozen target's residual stream after each of ``layers``, fp32 (TF32 on a GPU)."""
+    with torch.no_grad():
+        return target(tokens, return_hidden=layers, logits="none").hidden
+
+
+def batch_of(gen: list[Generated], batch: int, generator: torch.Generator, device: torch.device
+             ) -> tuple[torch.Tensor, int]:
+    tokens, plen = gen[int(torch.randint(0, len(gen), (1,), generator=generator))]
+    rows = torch.randperm(tokens.shape[0], generator=generator)[:batch]
+    return tokens[rows].to(device), plen
+
+
+@torch.no_grad()
+def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Generated], anchors: int,
+                    embed: torch.Tensor, lm_head: torch.Tensor, gamma: float, device: torch.device) -> float:
+    """Mean greedy-DFlash tokens per step predicted on the valid generations (fixed anchors)."""
+    drafter.eval()
+    g = torch.Generator().manual_seed(123)
+    total, n = 0.0, 0
+    blk = drafter.cfg.block_size
+    for tokens, plen in valid:
+        tokens = tokens.to(device)
+        hidden = hidden_states(target, tokens, drafter.cfg.target_layer_ids)
+        a = sample_anchors(tokens.shape[0], anchors, plen, tokens.shape[1] - blk, g).to(device)
+        with loop.autocast(device):
+            _, stats = draft_loss(drafter, hidden, tokens, a, embed, lm_head, gamma)
+        total += stats.committed
+        n += 1
+    drafter.train()
+    return total / max(n, 1)
+
+
+def run(args: argparse.Namespace) -> DrafterResult:
+    preset = presets.get(args.preset)
+    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in preset.drafter_train.items()}
+    device = loop.pick_device(args.device)
+    loop.setup(device, args.seed, args.threads)
+    say = loop.say
+    say(f"[env] {loop.environment()}")
+    budget = loop.Budget(args.minutes)
+    out = Path(args.out)
+    g = torch.Generator().manual_seed(args.seed)
+
+    weights = load_checkpoint(args.target)
+    tok = tokenizer.load_tokenizer(args.target)
+    target = export.load_target(weights, device=device).requires_grad_(False)
+    dcfg = preset.drafter(weights.cfg, tokenizer.mask_id(tok))
+    dcfg.check_target(weights.cfg)
+    embed = target.model.embed_tokens.weight.detach()
+    lm_head = target.lm_head_weight().detach()
+    blk = dcfg.block_size
+
+    corpus = data.collect(max_files=args.max_files if args.max_files is not None else preset.max_files)
+    train_pool = prompt_pool(tok, corpus.files("train"), windows=len(corpus.files("train")) * 4, generator=g)
+    valid_pool = prompt_pool(tok, corpus.files("valid"), windows=0, generator=g)
+    say(f"[data] {corpus.summary()}; prompts: train {len(train_pool)}, valid {len(valid_pool)}")
+    valid_batch = min(hp["gen_batch"], 16, len(valid_pool))
+    valid = generate_set(target, prompt_batches(valid_pool, valid_batch, generator=g), args.valid_batches, None,
+                         hp["gen_len"], 1.0, 0.0, device, g)
+    gen_budget = loop.Budget(args.minutes * hp["gen_frac"])
+    gen = generate_set(target, prompt_batches(train_pool, hp["gen_batch"], generator=g), args.max_gen_batches,
+                       gen_budget, hp["gen_len"], hp["greedy_frac"], hp["temperature"], device, g)
+    result = DrafterResult(out=out, sequences=sum(t.shape[0] for t, _ in gen))
+    say(f"[generate] {result.sequences} sequences ({len(gen)} batches of {hp['gen_batch']}, {hp['gen_len']} new "
+        f"tokens) + {sum(t.shape[0] for t, _ in valid)} valid, in {budget.elapsed:.0f} s")
+
+    drafter = TrainableDrafter(dcfg).to(device)
+    opt = loop.adamw(drafter.named_parameters(), hp["lr"], hp["weight_decay"], device)
+    if args.resume:
+        result.steps, _, _ = load_state(args.resume, drafter, opt)
+    say(f"[model] {dcfg.name}: {sum(p.numel() for p in drafter.parameters()) / 1e6:.2f} M parameters; hp {hp}")
+    log_tick, eval_tick, save_tick = loop.every(hp["log_every"]), loop.every(args.eval_every), \
+        loop.every(args.save_every)
+    best: dict[str, torch.Tensor] | None = None
+    start_step, t_last = result.steps, time.perf_counter()
+    train_start = budget.fraction
+    while not budget.done and (args.max_steps is None or result.steps - start_step < args.max_steps):
+        frac = (budget.fraction - train_start) / max(1e-9, 1 - train_start)
+        loop.set_lr(opt, loop.lr_at(result.steps, frac, hp["lr"], hp["warmup"]))
+        tokens, plen = batch_of(gen, hp["batch"], g, device)
+        hidden = hidden_states(target, tokens, dcfg.target_layer_ids)
+        anchors = sample_anchors(tokens.shape[0], hp["anchors"], plen, tokens.shape[1] - blk, g).to(device)
+        with loop.autocast(device):
+            loss, stats = draft_loss(drafter, hidden, tokens, anchors, embed, lm_head, hp["gamma"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+        opt.step()
+        result.steps += 1
+        result.losses.append(stats.loss)
+        last = budget.done or (args.max_steps is not None and result.steps - start_step >= args.max_steps)
+        if next(log_tick) or last:
+            now = time.perf_counter()
+            say(f"[train] step {result.steps} {budget.elapsed:6.0f}s loss {stats.loss:.3f} committed "
+                f"{stats.committed:.2f} slot acc " + " ".join(f"{a:.2f}" for a in stats.slot_acc)
+                + f" lr {opt.param_groups[0]['lr']:.2e} ({now - t_last:.1f} s)")
+            t_last = now
+        if next(eval_tick) or last:
+            c = valid_committed(drafter, target, valid, hp["anchors"], embed, lm_head, hp["gamma"], device)
+            if c > result.best_committed:
+                result.best_committed = c
+                best = {k: t.detach().clone() for k, t in drafter.state_dict().items()}
+            say(f"[valid] step {result.steps} committed {c:.3f} (best {result.best_committed:.3f})")
+        if args.state and (next(save_tick) or last):
+            save_state(args.state, drafter, opt, step=result.steps, seconds=budget.elapsed)
+
+    if best is not None:
+        drafter.load_state_dict(best)
+    drafter.eval()
+    export.save_drafter(drafter, out)
+    say(f"[export] {out}: {export.directory_bytes(out) / 1e6:.2f} MB")
+    result.draft_max_diff = check_export(drafter, out, args.target, gen[0])
+    if args.eval_prompts:
+        texts = eval_acceptance.load_prompt_texts(Path(args.target), args.eval_prompts)
+        acc = eval_acceptance.evaluate(args.target, out, texts, max_tokens=args.eval_max_tokens,
+                                       device=str(device))
+        result.acceptance = acc.mean
+        for line in acc.lines():
+            say("[eval] " + line)
+    say(f"[done] {result.steps} steps, {budget.elapsed:.0f} s")
+    result.drafter = drafter
+    return result
+
+
+@torch.no_grad()
+def check_export(drafter: TrainableDrafter, out: Path, target_dir: str, gen: Generated) -> float:
+    """``DraftModel`` on the written drafter vs the trainable drafter, one block of one generation."""
+    tokens, plen = gen
+    seq = tokens[0]
+    weights = load_checkpoint(target_dir)
+    dm = DraftModel(drafter.cfg, load_draft_checkpoint(out), weights, capacity=seq.numel() + drafter.cfg.block_size)
+    target = export.load_target(weights)
+    hidden = {k: v[0] for k, v in target(seq[None], return_hidden=drafter.cfg.target_layer_ids,
+                                         logits="none").hidden.items()}
+    dm.append_context({k: v[:plen] for k, v in hidden.items()}, range(plen))
+    ref = dm.propose(int(seq[plen]), plen).logits
+    ours_model = export.load_drafter(load_draft_checkpoint(out))
+    states = ours_model({k: v[None] for k, v in hidden.items()}, torch.tensor([[plen]]),
+                        weights.dense("model.embed_tokens.weight").float()[seq[plen]][None, None])
+    ours = torch.nn.functional.linear(states[0, 0], weights.lm_head().float())
+    diff = float((ref - ours).abs().max())
+    loop.say(f"[check] DraftModel on the export vs trainable drafter: max |logit diff| {diff:.2e}, "
+             f"argmax {'identical' if bool((ref.argmax(-1) == ours.argmax(-1)).all()) else 'DIFFERS'}")
+    return diff
+
+
+def main(argv: list[str] | None = None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The training pipeline of ``examples/train`` at toy scale, on the CPU, in seconds.
+
+One fixture trains the toy target for 20 steps on a few stdlib files and exports it; another
+trains the toy drafter for 20 steps on the target's own generations and exports it. The
+tests then check what the GPU runs will rely on:
+
+* losses go down (the loop, the schedule and the gradients are wired);
+* the export is the model: ``ReferenceModel`` on the written checkpoint gives the same
+  greedy continuation as the trainable model run as exported (eval mode, bf16 weights,
+  MXFP4 fake-quantised experts), and logits within float noise; reading the checkpoint
+  back gives the same module;
+* the drafter's training objective is the decoder's: for every step ``DFlashDecoder``
+  takes with the exported pair, the trainable drafter predicts exactly the number of
+  tokens the step commits;
+* ``Engine.from_checkpoint`` loads the export (with its tokenizer.json) and generates text;
+* the pieces: splits, prompts, tokenizer round trip, sinks in SDPA, fake quantisation,
+  resumable state, and the shipped preset's byte budget.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from examples.train import data, presets, prompts, tokenizer, train_drafter, train_target
+from examples.train.attention import attend
+from examples.train.drafter import draft_loss
+from examples.train.export import load_drafter, load_target, save_drafter, save_target
+from examples.train.generate import generate
+from examples.train.model import TargetLM, export_numerics
+from examples.train.quant import fake_mxfp4, mxfp4_roundtrip
+from examples.train.state import load_state, save_state
+from tilewarp.pipeline.checkpoint import load_checkpoint
+from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
+from tilewarp.pipeline.dflash.decoder import DFlashDecoder, plain_decode
+from tilewarp.pipeline.dflash.draft_model import DraftModel
+from tilewarp.pipeline.reference import ReferenceModel, attention, attention_mask
+from tilewarp.pipeline.sampling import SamplingParams
+from tilewarp.runtime.engine import Engine
+
+COMMON = ["--preset", "toy", "--max-steps", "20", "--minutes", "3", "--max-files", "8", "--threads", "1",
+          "--device", "cpu", "--log-every", "1000", "--warmup", "5"]
+NEW = 24
+
+
+@pytest.fixture(scope="module")
+def target_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("target")
+    args = train_target.parse_args(COMMON + ["--out", str(out), "--vocab", "300", "--seq-len", "64", "--batch", "8",
+                                             "--lr", "1e-2", "--eval-every", "1000", "--sample-tokens", "0"])
+    return train_target.run(args)
+
+
+@pytest.fixture(scope="module")
+def drafter_run(target_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("drafter")
+    args = train_drafter.parse_args(COMMON + [
+        "--target", str(target_run.out), "--out", str(out), "--max-gen-batches", "1", "--gen-batch", "8",
+        "--gen-len", "32", "--batch", "8", "--anchors", "6", "--valid-batches", "1", "--eval-every", "1000",
+        "--lr", "1e-2"])
+    return train_drafter.run(args)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(target_run) -> list[int]:
+    tok = tokenizer.load_tokenizer(target_run.out)
+    first = prompts.load_prompts(target_run.out / train_target.PROMPTS_FILE)[0]
+    return tok.encode(first.prompt).ids[:48]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+# ============================================================== training and export
+def test_target_loss_decreases(target_run):
+    losses = target_run.train_losses
+    assert len(losses) == 20
+    assert _mean(losses[-4:]) < _mean(losses[:4]) - 0.5, losses
+
+
+def test_export_matches_reference_greedy(target_run, prompt_ids):
+    model: TargetLM = target_run.model
+    ref = ReferenceModel(load_checkpoint(target_run.out), capacity=len(prompt_ids) + NEW + 1)
+    expected = plain_decode(ref, prompt_ids, SamplingParams(max_tokens=NEW))
+    with export_numerics(model):
+        ours = generate(model, torch.tensor([prompt_ids]), NEW)[0, len(prompt_ids):].tolist()
+        ours_logits = model(torch.tensor([prompt_ids])).logits[0]
+    assert ours == expected
+    ref.reset()
+    ref_logits = ref.prefill(prompt_ids).logits
+    assert torch.allclose(ours_logits, ref_logits, atol=1e-3 * float(ref_logits.abs().max()), rtol=0)
+    assert target_run.reference_max_diff < 1e-2
+
+
+def test_load_target_is_export_numerics(target_run, prompt_ids):
+    loaded = load_target(load_checkpoint(target_run.out))
+    with torch.no_grad(), export_numerics(target_run.model):
+        expected = target_run.model(torch.tensor([prompt_ids])).logits
+    assert torch.equal(loaded(torch.tensor([prompt_ids])).logits, expected)
+
+
+def test_export_runs_in_engine(target_run):
+    engine = Engine.from_checkpoint(target_run.out, backend="cpu")
+    ids = engine.encode("def mean(data):\n")
+    tokens = list(engine.stream(ids, SamplingParams(max_tokens=8)))
+    assert isinstance(engine.decode_text(tokens), str)
+    assert tokens == plain_decode(ReferenceModel(load_checkpoint(target_run.out), capacity=64), ids,
+                                  SamplingParams(max_tokens=8))
+
+
+def test_drafter_loss_decreases(drafter_run):
+    losses = drafter_run.losses
+    assert len(losses) == 20
+    assert _mean(losses[-4:]) < _mean(losses[:4]) - 0.3, losses
+    assert drafter_run.draft_max_diff < 1e-3
+
+
+def _decoder_steps(target_dir, drafter_dir, prompt_ids: list[int]
+                   ) -> tuple[torch.Tensor, list[int], list[list[int]], list[int]]:
+    """Run greedy DFlash; return the sequence and, for each full-block step, its anchor position,
+    the drafter's proposals and how many tokens it committed."""
+    weights, dweights = load_checkpoint(target_dir), load_draft_checkpoint(drafter_dir)
+    block = dweights.cfg.block_size
+    cap = len(prompt_ids) + NEW + block
+    decoder = DFlashDecoder(ReferenceModel(weights, capacity=cap),
+                            DraftModel(dweights.cfg, dweights, weights, capacity=cap), SamplingParams(max_tokens=NEW))
+    out = [decoder.start(prompt_ids)]
+    anchors, proposals, commits = [], [], []
+    while not decoder.finished:
+        step = decoder.step()
+        if len(step.proposals) == block - 1:     # the decoder shrinks the last block to what is left
+            anchors.append(step.position)
+            proposals.append(step.proposals)
+            commits.append(len(step.committed))
+        out += step.committed
+    return torch.tensor([prompt_ids + out]), anchors, proposals, commits
+
+
+def _drafter_predictions(target_dir, drafter_dir, seq: torch.Tensor, anchors: list[int]
+                         ) -> tuple[list[list[int]], list[int], float]:
+    """The trainable drafter at each anchor: argmax of slots 1..B-1, 1 + leading correct slots,
+    and draft_loss's mean of the latter."""
+    weights, dweights = load_checkpoint(target_dir), load_draft_checkpoint(drafter_dir)
+    target, drafter = load_target(weights), load_drafter(dweights)
+    embed, lm_head = weights.dense("model.embed_tokens.weight").float(), weights.lm_head().float()
+    a = torch.tensor([anchors])
+    with torch.no_grad():
+        hidden = target(seq, return_hidden=dweights.cfg.target_layer_ids, logits="none").hidden
+        states = drafter(hidden, a, embed[seq[0, a[0]]][None])
+        pred = torch.nn.functional.linear(states[0, :, 1:], lm_head).argmax(-1)
+        _, stats = draft_loss(drafter, hidden, seq, a, embed, lm_head, 4.0)
+    labels = seq[0, a[0][:, None] + torch.arange(1, dweights.cfg.block_size)]
+    return pred.tolist(), ((pred == labels).int().cumprod(-1).sum(-1) + 1).tolist(), stats.committed
+
+
+def _perturbed(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
+    """A copy with Gaussian noise of ``scale`` times each tensor's RMS added (varied outputs)."""
+    out = copy.deepcopy(module)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * float(p.pow(2).mean().sqrt()))
+    return out
+
+
+@pytest.mark.parametrize("pair", ["trained", "perturbed"])
+def test_drafter_objective_is_the_decoders(pair, target_run, drafter_run, prompt_ids, tmp_path):
+    """At every full-block step of greedy DFlash with the exported pair, the trainable drafter
+    (fed the trainable target's hidden states of the committed tokens) proposes the same tokens
+    as ``DraftModel``, and predicts the number of tokens the step commits. The 20-step toy pair
+    repeats one token (every block accepted), so a perturbed copy (varied text, proposals
+    rejected) is checked too."""
+    target_dir, drafter_dir = target_run.out, drafter_run.out
+    if pair == "perturbed":
+        target_dir, drafter_dir = tmp_path / "target", tmp_path / "drafter"
+        save_target(_perturbed(target_run.model, 0.5, seed=1), target_dir,
+                    tokenizer.load_tokenizer(target_run.out))
+        save_drafter(_perturbed(drafter_run.drafter, 0.3, seed=2), drafter_dir)
+    seq, anchors, proposals, commits = _decoder_steps(target_dir, drafter_dir, prompt_ids)
+    assert len(anchors) >= 2
+    predicted, predicted_commits, mean = _drafter_predictions(target_dir, drafter_dir, seq, anchors)
+    assert predicted == proposals
+    assert predicted_commits == commits
+    assert mean == pytest.approx(sum(commits) / len(commits))
+
+
+# ======================================================================= pieces
+def test_splits_and_skips():
+    assert data.split_of("json/decoder.py") == "heldout" and data.split_of("heapq.py") == "heldout"
+    assert data.split_of("os.py") == data.split_of("os.py") != "heldout"
+    assert data.skip_reason("test/test_os.py", "x = 1\n") == "directory"
+    assert data.skip_reason("encodings/cp1252.py", "x = 1\n") == "directory"
+    assert data.skip_reason("stringprep.py", "# This file is generated by mkstringprep.py. DO NOT EDIT.\n") \
+        == "generated"
+    assert data.skip_reason("abc.py", "def f():\n    pass\n") is None
+
+
+def test_function_prompts():
+    src = ('class A:\n    def f(self, x):\n        """Doc."""\n        y = x + 1\n\n        z = y * 2\n'
+           '        w = z - 1\n        v = w\n        return v\n')
+    [p] = prompts.function_prompts([data.SourceFile("m.py", "m", src)], body_lines=2, min_rest_lines=2)
+    assert p.qualname == "A.f"
+    assert p.prompt == 'def f(self, x):\n    """Doc."""\n    y = x + 1\n\n    z = y * 2\n'
+    assert p.reference == "    w = z - 1\n    v = w\n    return v\n"
+
+
+def test_tokenizer_round_trip():
+    texts = ["def f(x):\n\treturn x  # \u00e9t\u00e9\n" * 20, "class A:\n    pass\n" * 20]
+    tok = tokenizer.train_tokenizer(texts, 300)
+    assert (tokenizer.eot_id(tok), tokenizer.mask_id(tok)) == (0, 1)
+    for t in texts:
+        assert tok.decode(tok.encode(t).ids) == t
+
+
+@pytest.mark.parametrize("window,sink", [(None, False), (None, True), (5, True), (5, False)])
+def test_attend_is_reference_attention(window, sink):
+    g = torch.Generator().manual_seed(0)
+    t = 12
+    q, k, v = torch.randn(t, 4, 32, generator=g), torch.randn(2, t, 32, generator=g), torch.randn(2, t, 16, generator=g)
+    s = torch.randn(4, generator=g) if sink else None
+    pos = torch.arange(t)
+    mask = attention_mask(pos, pos, window)
+    ref = attention(q, k, v, mask, sink=s)
+    ours = attend(q.transpose(0, 1)[None], k[None], v[None], mask=None if window is None else mask[None, None],
+                  causal=window is None, sink=s)[0].transpose(0, 1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_fake_mxfp4_forward_and_gradient():
+    w = torch.randn(3, 8, 64, requires_grad=True)
+    y = fake_mxfp4(w)
+    assert torch.equal(y, mxfp4_roundtrip(w))
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_state_round_trip(tmp_path):
+    cfg = presets.toy_target(300)
+    model = TargetLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 300, (2, 16))).logits.sum().backward()
+    opt.step()
+    save_state(tmp_path / "s.safetensors", model, opt, step=7, seconds=12.5)
+    other = TargetLM(cfg)
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    assert load_state(tmp_path / "s.safetensors", other, other_opt)[:2] == (7, 12.5)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    for pa, pb in zip(model.parameters(), other.parameters()):
+        sa, sb = opt.state[pa], other_opt.state[pb]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_shipped_preset_fits_budget():
+    p = presets.get("stdlib-256")
+    target = p.target(p.vocab_size)
+    drafter = p.drafter(target, 1)
+    drafter.check_target(target)
+    total = presets.stored_bytes(target) + presets.stored_bytes(drafter) + presets.TOKENIZER_ALLOWANCE
+    assert total < presets.BUDGET_BYTES
