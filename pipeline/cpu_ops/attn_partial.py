@@ -17,6 +17,29 @@ def key_range(window: int | None, chunk: int, chunk_len: int, pos: int, t: int) 
     return max(0, pos - window), end
 
 
+def write_empty(out: torch.Tensor) -> None:
+    """A chunk with no keys: max -inf, sum 0, values 0 (the merge weighs it by exp(-inf) = 0)."""
+    out[:, 0] = float("-inf")
+    out[:, 1:] = 0.0
+
+
+def write_partial(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  visible: torch.Tensor | None = None) -> None:
+    """[max score, sum exp(s - max), sum exp * v] per query row over keys k/v (fp32), scores
+    scaled by head_dim^-0.5; `visible` masks keys per row (None: every key)."""
+    s = (q @ k.T) * q.shape[-1] ** -0.5
+    if visible is None:
+        m = s.max(dim=-1).values
+        e = torch.exp(s - m[:, None])
+    else:
+        s = s.masked_fill(~visible, float("-inf"))
+        m = s.max(dim=-1).values
+        e = torch.where(visible, torch.exp(s - m.clamp(min=-3e38)[:, None]), torch.zeros(()))
+    out[:, 0] = m
+    out[:, 1] = e.sum(dim=-1)
+    out[:, 2:] = e @ v
+
+
 def run(ctx: Ctx, a: dict[str, int]) -> None:
     layer, h, t = a["layer"], a["kvh"], a["t"]
     spec = ctx.cfg.attn(layer)
@@ -25,8 +48,7 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     lo, hi = key_range(spec.window, a["chunk"], a["chunk_len"], pos, t)
     out = ctx.rows(a["part_off"], 2 + vd, t * grp, 2 + vd)
     if lo >= hi:
-        out[:, 0] = float("-inf")
-        out[:, 1:] = 0.0
+        write_empty(out)
         return
     k_pos = torch.arange(lo, hi)
     slots = ctx.cache.slot_of(layer, k_pos)
@@ -37,10 +59,4 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     visible = k_pos[None, :] <= q_pos[:, None]
     if spec.window is not None:
         visible &= k_pos[None, :] >= q_pos[:, None] - spec.window
-    s = (q @ k.T) * hd ** -0.5
-    s = s.masked_fill(~visible, float("-inf"))
-    m = s.max(dim=-1).values
-    e = torch.where(visible, torch.exp(s - m.clamp(min=-3e38)[:, None]), torch.zeros(()))
-    out[:, 0] = m
-    out[:, 1] = e.sum(dim=-1)
-    out[:, 2:] = e @ v
+    write_partial(out, q, k, v, visible)

@@ -11,6 +11,7 @@ so all rows share one key set."""
 
 import torch
 
+from .attn_partial import write_empty, write_partial
 from .context import Ctx
 
 
@@ -27,16 +28,10 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     lo, hi = key_range(spec.window, a["chunk"], a["chunk_len"], pos, t)
     out = ctx.rows(a["part_off"], 2 + vd, t * grp, 2 + vd)
     if lo >= hi:
-        out[:, 0] = float("-inf")
-        out[:, 1:] = 0.0
+        write_empty(out)
         return
     slots = spec.slot_of(torch.arange(lo, hi))
     k = spec.k[h, slots].float()                          # [N, hd]
     v = spec.v[h, slots].float()                          # [N, vd]
     q = ctx.rows(a["q_off"] + h * grp * hd, a["q_ld"], t, grp * hd).reshape(t * grp, hd)
-    s = (q @ k.T) * hd ** -0.5
-    m = s.max(dim=-1).values
-    e = torch.exp(s - m[:, None])
-    out[:, 0] = m
-    out[:, 1] = e.sum(dim=-1)
-    out[:, 2:] = e @ v
+    write_partial(out, q, k, v)   # non-causal inside the block: every key in range is visible
