@@ -24,8 +24,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# The trained stdlib pair (models/stdlib-256/{target,drafter}) if present, else the tiny
+# random model with a random drafter; both stream with DFlash on the CPU (tools/demo.py).
 demo: setup
-	$(VENV)/bin/tilewarp generate --preset tiny --backend cpu --prompt "1 2 3 4 5 6 7 8" --max-tokens 48
+	$(PY) tools/demo.py
 
 # Needs a CUDA GPU; `tilewarp bench --preset all --dry-run` shows the plan anywhere.
 bench: setup

@@ -26,34 +26,48 @@ class DFlashExecutor(Protocol):
                sample_seed: int = 0) -> list[list[int]]: ...
 
 
+def launch_steps(ex: DFlashExecutor, anchor: int, left: int, block_size: int, *, steps_per_launch: int = 16,
+                 stop_tokens: Iterable[int] = (), seed: int = 0, temperature: float = 0.0,
+                 sample_seed: int = 0) -> list[list[int]]:
+    """One launch from `anchor`: the tokens each of its steps committed, cut where the
+    request ends (`left` tokens still wanted, or a stop token, which is kept). Streaming
+    callers call this launch by launch; `generate` loops it to the end of a request."""
+    if left < 1 or steps_per_launch < 1:
+        raise InputError(f"left={left} and steps_per_launch={steps_per_launch} must be >= 1")
+    room = (ex.cache.capacity - ex.cache.length) // block_size
+    if room < 1:
+        raise InputError(f"context overflow: {ex.cache.length} cached tokens leave no room for a "
+                         f"{block_size}-token DFlash step in capacity {ex.cache.capacity}")
+    stops = frozenset(stop_tokens)
+    steps = min(steps_per_launch, max(1, left // block_size), room)
+    out: list[list[int]] = []
+    for committed in ex.dflash(anchor, steps, seed=seed, temperature=temperature, sample_seed=sample_seed):
+        cut = _cut(committed[:left], stops)
+        out.append(cut)
+        left -= len(cut)
+        if left == 0 or cut[-1] in stops:
+            break
+    return out
+
+
 def generate(ex: DFlashExecutor, first: int, max_tokens: int, block_size: int, *, steps_per_launch: int = 16,
              stop_tokens: Iterable[int] = (), seed: int = 0, temperature: float = 0.0,
              sample_seed: int = 0) -> list[list[int]]:
     """Tokens committed per step, starting with `[first]` (the prefill's token, which
     neither cache holds yet), until `max_tokens` tokens or a stop token. `temperature`,
     `sample_seed`: the programs' counter-based sampling (`counter_rng`); `seed` only
-    picks the executor's worker interleavings."""
+    picks the executor's worker interleavings (varied per launch)."""
     if max_tokens < 1 or steps_per_launch < 1:
         raise InputError(f"max_tokens={max_tokens} and steps_per_launch={steps_per_launch} must be >= 1")
     stops = frozenset(stop_tokens)
     out = [[first]]
     left = max_tokens - 1
     launch = 0
-    if first in stops:
-        return out
-    while left > 0:
-        room = (ex.cache.capacity - ex.cache.length) // block_size
-        if room < 1:
-            raise InputError(f"context overflow: {ex.cache.length} cached tokens leave no room for a "
-                             f"{block_size}-token DFlash step in capacity {ex.cache.capacity}")
-        steps = min(steps_per_launch, max(1, left // block_size), room)
-        for committed in ex.dflash(out[-1][-1], steps, seed=seed + launch, temperature=temperature,
-                                   sample_seed=sample_seed):
-            cut = _cut(committed[:left], stops)
-            out.append(cut)
-            left -= len(cut)
-            if left == 0 or cut[-1] in stops:
-                return out
+    while left > 0 and out[-1][-1] not in stops:
+        rows = launch_steps(ex, out[-1][-1], left, block_size, steps_per_launch=steps_per_launch,
+                            stop_tokens=stops, seed=seed + launch, temperature=temperature, sample_seed=sample_seed)
+        out += rows
+        left -= sum(len(r) for r in rows)
         launch += 1
     return out
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 
 from tilewarp.pipeline.errors import InputError
 from tilewarp.pipeline.sampling import SamplingParams
+
+from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
+from tilewarp.pipeline.dflash.weights import DraftWeights
 
 from ..engine import BACKENDS, Engine
 
@@ -28,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
     p.add_argument("--stop", type=int, nargs="*", default=(), help="stop token ids")
     p.add_argument("--backend", choices=BACKENDS, default="reference")
     p.add_argument("--capacity", type=int, default=None, help="KV cache positions (default min(4096, context))")
+    p.add_argument("--drafter", default=None, metavar="DIR|random",
+                   help="decode with DFlash: a drafter checkpoint directory, or 'random' (with --preset: a random "
+                   "tiny drafter, which commits about one token per step); reports committed tokens per step")
     p.add_argument("--device", default=None, help="torch device for prefill and the reference backend "
                    "(default: cuda for --backend megakernel, else cpu)")
     return "generate"
@@ -103,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     params = _sampling_params(args)
     kw = {"backend": args.backend, "capacity": args.capacity, "device": args.device}
     try:
-        engine = (Engine.from_preset(args.preset, seed=args.seed, **kw) if args.preset
-                  else Engine.from_checkpoint(args.model, **kw))
+        engine = _engine(args, kw)
     except InputError as e:
         raise _as_flag(e) from None
     try:
@@ -112,10 +118,13 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         raise _as_flag(e) from None
     ids = _prompt_ids(engine, args.prompt, args.ids)
-    if len(ids) + params.max_tokens > engine.capacity:
+    need = engine.room_needed(len(ids), params.max_tokens)
+    if need > engine.capacity:
+        block = need - len(ids) - params.max_tokens
+        extra = f" (plus {block} positions for the last DFlash block)" if block > 0 else ""
         raise InputError(f"--max-tokens {params.max_tokens}: the prompt ({len(ids)} tokens) plus the tokens to "
-                         f"generate exceed the KV cache capacity {engine.capacity} (--capacity; the model's context "
-                         f"is {engine.cfg.max_position})")
+                         f"generate{extra} exceed the KV cache capacity {engine.capacity} (--capacity; the model's "
+                         f"context is {engine.cfg.max_position})")
     # With a tokenizer: the prompt, then the decoded text as it streams. Without: the generated ids.
     text = _TextStream(engine, ids) if engine.tokenizer is not None else None
     if text is not None:
@@ -130,4 +139,33 @@ def run(args: argparse.Namespace) -> int:
     assert r is not None
     print(f"[{engine.cfg.name} / {engine.backend}] prompt {r.prompt_tokens} tokens in {r.prefill_s * 1e3:.1f} ms; "
           f"generated {len(r.tokens)} tokens in {r.decode_s:.3f} s = {r.tokens_per_s:.1f} tokens/s", file=sys.stderr)
+    if engine.drafter is not None:
+        print(committed_line(r.committed_per_step), file=sys.stderr)
     return 0
+
+
+def _engine(args: argparse.Namespace, kw: dict) -> Engine:
+    """The Engine the arguments name; `--drafter random` only with `--preset`, since a random
+    drafter of a trained target's shape is not something anyone has asked to measure."""
+    if args.preset:
+        drafter: bool | DraftWeights = False
+        if args.drafter == "random":
+            drafter = True
+        elif args.drafter is not None:
+            drafter = load_draft_checkpoint(args.drafter)
+        return Engine.from_preset(args.preset, seed=args.seed, drafter=drafter, **kw)
+    if args.drafter == "random":
+        raise InputError("--drafter random: only with --preset (a random drafter for a checkpoint drafts nothing "
+                         "useful); pass a drafter checkpoint directory")
+    return Engine.from_checkpoint(args.model, drafter_path=args.drafter, **kw)
+
+
+def committed_line(per_step: list[int]) -> str:
+    """`committed tokens per step: mean X (histogram n:steps ...)` over the DFlash steps, the
+    number DFlash's speed-up follows (the prefill's token is not a step)."""
+    if not per_step:
+        return "committed tokens per step: no DFlash step ran (the first token ended the request)"
+    counts = Counter(per_step)
+    hist = " ".join(f"{n}:{counts[n]}" for n in range(1, max(counts) + 1))
+    return (f"committed tokens per step: mean {sum(per_step) / len(per_step):.2f} "
+            f"(histogram tokens:steps {hist}; {len(per_step)} steps)")
