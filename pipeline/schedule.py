@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -339,10 +338,3 @@ def schedule(g: Graph, model: DeviceModel | None = None, *, reuse_arena: bool = 
     worker_of, queues, finish, cp_best, wbytes = _place(g, model, waits, group_of_l, len(gid))
     return Schedule(g, group_of_l, names, size, waits, worker_of, queues, arena_words, shared, finish, cp_best,
                     wbytes)
-
-
-def stage_counts(s: Schedule) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for t in s.graph.tasks:
-        out[t.op.name] += 1
-    return dict(out)

@@ -112,8 +112,8 @@ class Engine:
                             if drafter is not None else None)
         self._dflash: CpuDFlashBackend | None = None
         if backend == "cpu" and self.draft_model is not None:
-            from .cpu_backend import CpuDFlashBackend
-            self._dflash = CpuDFlashBackend(weights, self.model, self.draft_model, steps_per_launch=steps_per_call)
+            from . import cpu_backend   # lazily: the CPU executor is not needed by other backends
+            self._dflash = cpu_backend.CpuDFlashBackend(weights, self.model, self.draft_model, steps_per_launch=steps_per_call)
         if backend == "cpu":
             from .cpu_backend import CpuBackend
             self._backend = CpuBackend(weights, self.model.cache)
