@@ -274,16 +274,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, *, strict: bool = True) -> "ModelConfig":
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config.json not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: top level must be a JSON object")
-        return cls.from_hf_dict(d, strict=strict)
+        return cls.from_hf_dict(read_config_json(path), strict=strict)
 
     def to_hf_dict(self) -> dict[str, Any]:
         g, s = self.global_attn, self.swa_attn
@@ -341,6 +332,20 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def read_config_json(path: str | Path, what: str = "config.json") -> dict[str, Any]:
+    """A config file's top-level JSON object, or a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: top level must be a JSON object")
+    return d
 
 
 def _agree(d: dict, nm: str, used: set[str], keys: tuple[str, ...], extra: Any = None,

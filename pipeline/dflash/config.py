@@ -24,13 +24,12 @@ Choices this file fixes (see ``shared/MODEL_FACTS.md``, "DFlash"):
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..config import ModelConfig, read_config_json
 from ..errors import ConfigError
 from ..kv_cache import MAX_STEP_TOKENS
 
@@ -175,12 +174,7 @@ class DraftConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> "DraftConfig":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: drafter config.json not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        d = read_config_json(path, "drafter config.json")
         try:
             return cls.from_hf_dict(d)
         except ConfigError as e:

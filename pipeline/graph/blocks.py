@@ -86,16 +86,26 @@ def attention_block(g: Graph, layer: int, x: Buffer, state: Buffer, pol: TilePol
 
     out = g.buffer(f"{p}.attn_out", t, s.num_heads * vd)
     sink = g.weight(f"{p}.sink", "vector", size=s.num_heads) if s.sink else -1
-    for h in range(s.num_kv_heads):
-        r0 = h * n_chunks * rows
-        g.task(Op.ATTN_MERGE, {"part_off": At(part, r0), "n_chunks": n_chunks, "t": t, "kvh": h, "w_sink": sink,
-                               "out_off": At(out), "out_ld": Ld(out), "layer": layer},
-               reads=[part.tile(r0, r0 + n_chunks * rows)], writes=[out.tile(0, t, h * grp * vd, (h + 1) * grp * vd)],
-               stage=f"{p}.merge", layer=layer, cost=Cost(n_chunks * rows * (2 + vd) * 4, 0))
+    merge_heads(g, p, layer, layer, part, out, sink, n_chunks, s.num_kv_heads, grp, vd)
 
     h_out = g.buffer(f"{p}.h", t, cfg.hidden_size)
     linear(g, f"{p}.o", layer, out, f"{p}.o", h_out, pol, resid=x)
     return h_out
+
+
+def merge_heads(g: Graph, p: str, layer: int, kv_layer: int, part: Buffer, out: Buffer, sink: object,
+                n_chunks: int, kv_heads: int, grp: int, vd: int) -> None:
+    """One ATTN_MERGE per kv head: its chunk partials -> its heads' columns of `out`.
+    `kv_layer` is the layer-table entry the op reads shapes from (a draft layer's differs
+    from its build-order `layer`)."""
+    t = out.rows
+    rows = t * grp
+    for h in range(kv_heads):
+        r0 = h * n_chunks * rows
+        g.task(Op.ATTN_MERGE, {"part_off": At(part, r0), "n_chunks": n_chunks, "t": t, "kvh": h, "w_sink": sink,
+                               "out_off": At(out), "out_ld": Ld(out), "layer": kv_layer},
+               reads=[part.tile(r0, r0 + n_chunks * rows)], writes=[out.tile(0, t, h * grp * vd, (h + 1) * grp * vd)],
+               stage=f"{p}.merge", layer=layer, cost=Cost(n_chunks * rows * (2 + vd) * 4, 0))
 
 
 def dense_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from ..config import BYTES_PER, ceil_div
 from ..dflash.config import DraftConfig
 from ..errors import GraphError
-from .blocks import linear, swiglu_ffn
+from .blocks import linear, merge_heads, swiglu_ffn
 from .ir import KV, At, Buffer, Cost, Graph, Ld
 from .ops import Op, partial_row_words
 from .step import lm_head
@@ -107,12 +107,7 @@ def draft_layer(g: Graph, dcfg: DraftConfig, i: int, x: Buffer, state: Buffer, p
 
     out = g.buffer(f"{p}.attn_out", t, nq)
     sink = g.weight(f"{p}.sink", "vector", size=heads) if dcfg.sink else -1
-    for h in range(kvh):
-        r0 = h * n_chunks * rows
-        g.task(Op.ATTN_MERGE, {"part_off": At(part, r0), "n_chunks": n_chunks, "t": t, "kvh": h, "w_sink": sink,
-                               "out_off": At(out), "out_ld": Ld(out), "layer": kv},
-               reads=[part.tile(r0, r0 + n_chunks * rows)], writes=[out.tile(0, t, h * grp * hd, (h + 1) * grp * hd)],
-               stage=f"{p}.merge", layer=layer, cost=Cost(n_chunks * rows * (2 + hd) * 4, 0))
+    merge_heads(g, p, layer, kv, part, out, sink, n_chunks, kvh, grp, hd)
 
     h_out = g.buffer(f"{p}.h", t, dcfg.hidden_size)
     linear(g, f"{p}.o", layer, out, f"{p}.o", h_out, pol, resid=x)
