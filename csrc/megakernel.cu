@@ -1,18 +1,21 @@
 // The resident megakernel: one CTA per worker (launched cooperatively, so all are
 // resident at once), each running its queue of task descriptors step after step.
 //
-// Per task the controller (thread 0) copies the descriptor to shared memory and resolves
-// its waits on monotonic event counters: counter >= need * step (the previous step's
-// count for loop-carried waits), every wait bounded in time. Then the whole CTA runs the
-// op, and after a barrier the controller releases the task's signal. A timeout or an
-// unknown op writes the error record, raises the abort flag and ends the kernel cleanly.
-//
-// Version 1 keeps the roles simple (a controller thread, every warp computing); loader
-// warps streaming weights ahead through a shared-memory ring are the next step (see
-// docs/perf-notes.md).
+// Roles in a CTA of TW_CTA_THREADS threads:
+// * the controller (thread 0) copies each task descriptor to shared memory and resolves
+//   its waits on monotonic event counters: counter >= need * step (the previous step's
+//   count for loop-carried waits), every wait bounded in time; after the op it releases
+//   the task's signals;
+// * the compute warps (TW_WARPS, the controller's among them) run the op, synchronised
+//   with named barrier 1 (tw_sync);
+// * the loader warp (core/loader.cuh) runs one task ahead, streaming the next task's
+//   weights into L2 while the compute warps work or wait.
+// A timeout or an unknown op writes the error record, raises the abort flag and ends the
+// kernel cleanly.
 #include "core/status.cuh"
 #include "core/events.cuh"
 #include "core/context.cuh"
+#include "core/loader.cuh"
 #include "ops/embed.cuh"
 #include "ops/linear.cuh"
 #include "ops/linear_swiglu.cuh"
@@ -48,10 +51,27 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
     }
 }
 
-extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const TwParams* __restrict__ pp) {
+__device__ __forceinline__ void tw_dispatch_prefetch(const TwCtx& c, int op, const int* a, TwPrefetch& pf) {
+    switch (op) {
+        case TW_OP_LINEAR: tw_prefetch_linear(c, a, pf); break;
+        case TW_OP_LINEAR_SWIGLU: tw_prefetch_linear_swiglu(c, a, pf); break;
+        case TW_OP_EXPERT_UP: tw_prefetch_expert_up(c, a, pf); break;
+        case TW_OP_EXPERT_DOWN: tw_prefetch_expert_down(c, a, pf); break;
+        case TW_OP_LM_HEAD: tw_prefetch_lm_head(c, a, pf); break;
+        default: break;
+    }
+}
+
+// Ops whose weight rows depend on data the task waits for (the routing).
+__device__ __forceinline__ bool tw_prefetch_after_waits(int op) {
+    return op == TW_OP_EXPERT_UP || op == TW_OP_EXPERT_DOWN;
+}
+
+extern "C" __global__ void __maxnreg__(TW_MAX_REGS) tw_megakernel(const TwParams* __restrict__ pp) {
     extern __shared__ float4 tw_smem[];
     __shared__ TwDesc desc;
     __shared__ int go;
+    __shared__ int fetched;   // task instances the controller has fetched (the loader's pace)
     const TwParams* p = pp;
     float* smem = reinterpret_cast<float*>(tw_smem);
     TwCtx c;
@@ -77,6 +97,16 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
     // in ns of %globaltimer, TW_TRACE_WORDS words each, `trace_cap` records per worker.
     unsigned long long* trace = reinterpret_cast<unsigned long long*>(p->trace);
     const int trace_cap = trace ? p->trace_cap : 0;
+    if (threadIdx.x == 0) fetched = 0;
+    __syncthreads();   // the only CTA-wide barrier: the roles split here
+    if (tw_warp() >= TW_WARPS) {
+        if (tw_lane() == 0)
+            tw_loader_run(c, descs, queue, q0, q1, counters, abort_flag, &fetched, tw_dispatch_prefetch,
+                          tw_prefetch_after_waits);
+        return;
+    }
+    volatile int* fetched_v = &fetched;
+    int n_fetched = 0;
     int n_rec = 0;
     unsigned long long t_fetch = 0, t_ready = 0;
 
@@ -87,25 +117,24 @@ extern "C" __global__ void __launch_bounds__(TW_THREADS, 1) tw_megakernel(const 
                 if (trace_cap) t_fetch = tw_globaltimer_ns();
                 const int task = queue[qi];
                 desc = descs[task];
+                *fetched_v = ++n_fetched;
                 int ok = 1;
                 if (!tw_known_op(desc.op)) {
                     tw_report_error(status, abort_flag, TW_STATUS_BAD_OP, task, -1, 0, 0, desc.op);
                     ok = 0;
                 }
                 for (int i = 0; ok && i < desc.n_wait; ++i) {
-                    const long long st = c.step - ((desc.wait_prev >> i) & 1);
-                    const unsigned long long need = (unsigned long long)desc.wait_need[i] * (unsigned long long)st;
                     const int e = (int)desc.wait_event[i];
-                    ok = tw_event_wait(counters + e, need, p->wait_bound_ns, abort_flag, status, task, e, desc.op);
+                    ok = tw_event_wait(counters + e, tw_wait_need(desc, i, c.step), p->wait_bound_ns, abort_flag, status, task, e, desc.op);
                 }
                 __threadfence();
                 go = ok;
                 if (trace_cap) t_ready = tw_globaltimer_ns();
             }
-            __syncthreads();
+            tw_sync();
             if (!go) return;
             tw_dispatch(c, desc.op, desc.args);
-            __syncthreads();
+            tw_sync();
             if (threadIdx.x == 0) {
                 __threadfence();
                 for (int i = 0; i < desc.n_signal; ++i) tw_event_signal(counters + desc.signal[i]);

@@ -33,7 +33,7 @@ from .trace import TRACE_WORDS, records
 
 log = logging.getLogger("tilewarp.megakernel")
 
-THREADS = 256
+THREADS = 256 + 32   # mirrors TW_CTA_THREADS in csrc/core/util.cuh: compute warps + the loader warp
 #: Ops with a device implementation in csrc/ops (dispatched in csrc/megakernel.cu).
 GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_PARTIAL, Op.ATTN_MERGE, Op.ROUTE,
                      Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE})

@@ -4,10 +4,19 @@
 // memory in one vectorised pass (all threads, 16-byte L2 loads, many in flight), then
 // normalised in place (x * rsqrt(mean(x^2) + eps) * w_norm, as the reference computes).
 // Rows too large for the stage are read from L2 and normalised on the fly.
+//
+// The stage is swizzled: within each 32-float block, float4 q of block b lives at
+// q ^ (b & 7). Both GEMV cores read x as float4s, lanes on consecutive blocks (MXFP4: a
+// lane per 32-code block) or 32 bytes apart (bf16: a lane per 8 weights); unswizzled,
+// those reads hit one bank 32 and 2 times over. Swizzled, every 8-lane phase of a
+// 16-byte shared load touches 8 different bank groups: no conflicts.
 #pragma once
 #include "core/util.cuh"
 
 #define TW_STAGE_FLOATS (40 * 1024)  // 160 KB of the dynamic shared memory
+
+// Index of element c of a staged row (rows are whole 32-float blocks).
+__device__ __forceinline__ int tw_swz(int c) { return c ^ (((c >> 5) & 7) << 2); }
 
 struct TwRows {
     const float* src;          // global rows (row r at src + tok[r] * ld), used when not staged
@@ -17,31 +26,36 @@ struct TwRows {
     int k;
     const __nv_bfloat16* wn;   // norm weight or nullptr
     const float* inv;          // per-row 1/rms (shared memory), 1 when no norm
-    float* staged;             // shared memory [n][k] or nullptr
+    float* staged;             // shared memory [n][k] (swizzled) or nullptr
 
     __device__ __forceinline__ float at(int r, int c) const {
-        if (staged) return staged[r * k + c];
+        if (staged) return staged[r * k + tw_swz(c)];
         float v = tw_ld(src + (long long)tok[r] * ld + c) * inv[r];
         return wn ? v * tw_bf16(wn[c]) : v;
+    }
+    // x[r][c..c+3], c a multiple of 4.
+    __device__ __forceinline__ float4 at4(int r, int c) const {
+        if (staged) return *reinterpret_cast<const float4*>(staged + r * k + tw_swz(c));
+        return make_float4(at(r, c), at(r, c + 1), at(r, c + 2), at(r, c + 3));
     }
 };
 
 // Prepares `rows` for src rows tok[0..n) (the caller fills `tok_smem` first, then syncs).
-// All threads of the CTA call it; it ends with a barrier.
+// All compute threads call it; it ends with a barrier.
 __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
                                const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem) {
     const int w = tw_warp(), lane = tw_lane();
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
-    const bool stage = n * k <= TW_STAGE_FLOATS && (k & 3) == 0 && (ld & 3) == 0
+    const bool stage = n * k <= TW_STAGE_FLOATS && (k & 31) == 0 && (ld & 3) == 0
                        && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
     if (stage) {
         const int k4 = k / 4;
         for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
             const int r = i / k4, c4 = i - r * k4;
-            reinterpret_cast<float4*>(stage_smem)[i] =
+            reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * c4) >> 2] =
                 __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + c4);
         }
-        __syncthreads();
+        tw_sync();
     }
     for (int r = w; r < n; r += TW_WARPS) {
         float ss = 0.f;
@@ -57,14 +71,15 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
         ss = tw_warp_sum(ss);
         if (lane == 0) inv_smem[r] = wn ? rsqrtf(ss / (float)k + eps) : 1.f;
     }
-    __syncthreads();
+    tw_sync();
     if (stage) {
         if (wn) {
+            // Physical index i holds logical column tw_swz(i) (the swizzle is its own inverse).
             for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
                 const int r = i / k, c = i - r * k;
-                stage_smem[i] = stage_smem[i] * inv_smem[r] * tw_bf16(wn[c]);
+                stage_smem[i] = stage_smem[i] * inv_smem[r] * tw_bf16(wn[tw_swz(c)]);
             }
-            __syncthreads();
+            tw_sync();
         }
         rows.staged = stage_smem;
     }

@@ -7,8 +7,17 @@
 #pragma once
 #include <cuda_bf16.h>
 
+// The compute warps: every op runs on these TW_THREADS threads, and synchronises them
+// with tw_sync() (named barrier 1), never __syncthreads(): the CTA also holds the loader
+// warp (csrc/core/loader.cuh), which runs its own loop and never joins an op's barriers.
 #define TW_THREADS 256
 #define TW_WARPS (TW_THREADS / 32)
+#define TW_LOADER_WARPS 1
+#define TW_CTA_THREADS (TW_THREADS + 32 * TW_LOADER_WARPS)
+// Registers per thread: 9 warps x 224 x 32 fit the SM's 64K (allocation is per warp, in
+// units of 8 per thread). __launch_bounds__ alone would cap at 168 (it rounds 288 threads
+// up to whole warpgroups).
+#define TW_MAX_REGS 224
 // Most tokens one step carries. The runtime compiles one kernel per program shape with
 // TW_MAX_T = T rounded up to a power of two, so a decode kernel (T = 1) has no loops over
 // 16 rows it never uses: smaller code, fewer instruction-cache misses, faster compiles.
@@ -18,6 +27,8 @@
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
+
+__device__ __forceinline__ void tw_sync() { asm volatile("bar.sync 1, %0;" : : "n"(TW_THREADS) : "memory"); }
 
 __device__ __forceinline__ float tw_bf16(const __nv_bfloat16 v) { return __bfloat162float(v); }
 

@@ -69,12 +69,12 @@ __device__ void tw_op_attn_partial(const TwCtx& c, const int* a) {
     float* s = c.s_scratch + batch * hd;  // [batch][n]
     for (int r0 = 0; r0 < rows; r0 += batch) {
         const int nr = min(batch, rows - r0);
-        __syncthreads();   // staging done / previous batch finished with sq and s
+        tw_sync();   // staging done / previous batch finished with sq and s
         for (int i = threadIdx.x; i < nr * hd; i += TW_THREADS) {
             const int r = i / hd, d = i % hd, row = r0 + r;
             sq[i] = tw_ld(q + (row / grp) * q_ld + (row % grp) * hd + d);
         }
-        __syncthreads();
+        tw_sync();
         for (int i = threadIdx.x; i < nr * n; i += TW_THREADS) {
             const int r = i / n, j = i % n, row = r0 + r;
             const float* qr = sq + r * hd;
@@ -88,7 +88,7 @@ __device__ void tw_op_attn_partial(const TwCtx& c, const int* a) {
             const bool vis = kp <= qp && (L.window < 0 || kp >= qp - L.window);
             s[i] = vis ? acc * scale : -INFINITY;
         }
-        __syncthreads();
+        tw_sync();
         for (int r = tw_warp(); r < nr; r += TW_WARPS) {
             const int lane = tw_lane();
             float m = -INFINITY;
@@ -106,7 +106,7 @@ __device__ void tw_op_attn_partial(const TwCtx& c, const int* a) {
                 out[(r0 + r) * ow + 1] = l;
             }
         }
-        __syncthreads();
+        tw_sync();
         for (int i = threadIdx.x; i < nr * vd; i += TW_THREADS) {
             const int r = i / vd, d = i % vd;
             const float* e = s + r * n;

@@ -4,6 +4,7 @@
 // decode GEMV is a stream of independent loads, so keep many in flight).
 #pragma once
 #include "core/rows.cuh"
+#include "core/prefetch.cuh"
 
 #define TW_GEMV_UNROLL 4
 
@@ -28,24 +29,29 @@ __device__ __forceinline__ void tw_gemv_bf16(const TwRows& x, const __nv_bfloat1
         for (int u = 0; u < TW_GEMV_UNROLL; ++u) {
             const int c = c0 + (u * 32 + lane) * 8;
             if (c >= x.k) continue;
+            float f[NR][8];
 #pragma unroll
             for (int i = 0; i < NR; ++i) {
-                float f[8];
                 const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v[i][u]);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const float2 p = __bfloat1622float2(h[j]);
-                    f[2 * j] = p.x;
-                    f[2 * j + 1] = p.y;
+                    f[i][2 * j] = p.x;
+                    f[i][2 * j + 1] = p.y;
                 }
+            }
 #pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r) {
-                    if (r < x.n) {
-                        float s = 0.f;
+            for (int r = 0; r < TW_MAX_T; ++r) {
+                if (r >= x.n) break;
+                // x[r][c..c+8] once for all NR weight rows (two conflict-free 16-byte loads).
+                const float4 lo = x.at4(r, c), hi = x.at4(r, c + 4);
+                const float xs[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-                        for (int j = 0; j < 8; ++j) s += x.at(r, c + j) * f[j];
-                        acc[i][r] += s;
-                    }
+                for (int i = 0; i < NR; ++i) {
+                    float s = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) s += xs[j] * f[i][j];
+                    acc[i][r] += s;
                 }
             }
         }
@@ -84,4 +90,9 @@ __device__ __forceinline__ void tw_gemv_bf16_tile(const TwRows& x, const __nv_bf
             }
         }
     }
+}
+
+// Prefetch rows n0..n1 of W [N, k] (bf16, row-major: one contiguous range).
+__device__ __forceinline__ void tw_prefetch_rows_bf16(TwPrefetch& pf, const __nv_bfloat16* w, int k, int n0, int n1) {
+    pf.range(w + (long long)n0 * k, (unsigned long long)(n1 - n0) * k * 2);
 }

@@ -5,6 +5,7 @@
 // once per block. A warp takes NR rows at once with TW_MXFP4_UNROLL blocks per lane in flight.
 #pragma once
 #include "core/rows.cuh"
+#include "core/prefetch.cuh"
 
 #define TW_MXFP4_UNROLL 2
 
@@ -54,21 +55,29 @@ __device__ __forceinline__ void tw_gemv_mxfp4(const TwRows& x, const TwFp4Row (&
             const int b = b0 + u * 32 + lane;
             if (b >= blocks) continue;
 #pragma unroll
-            for (int i = 0; i < NR; ++i) {
-                // The block scale is a power of two: applying it to the block's partial sum
-                // equals applying it to every weight (no rounding differs).
-                const float scale = tw_e8m0(sc[i][u]);
-                const unsigned int words[4] = {raw[i][u].x, raw[i][u].y, raw[i][u].z, raw[i][u].w};
+            for (int r = 0; r < TW_MAX_T; ++r) {
+                if (r >= x.n) break;
+                float s[NR];
 #pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r) {
-                    if (r < x.n) {
-                        float s = 0.f;
+                for (int i = 0; i < NR; ++i) s[i] = 0.f;
 #pragma unroll
-                        for (int j = 0; j < 32; ++j)   // code j: word j / 8, nibble j % 8 (low first)
-                            s += x.at(r, b * 32 + j) * tw_e2m1_scaled(words[j >> 3], 4 * (j & 7));
-                        acc[i][r] += s * scale;
+                for (int q = 0; q < 8; ++q) {   // codes 4q..4q+3: word q / 2, nibbles from 16 * (q % 2)
+                    const float4 xv = x.at4(r, b * 32 + 4 * q);
+#pragma unroll
+                    for (int i = 0; i < NR; ++i) {
+                        const unsigned int wq = (q >> 1) == 0 ? raw[i][u].x : (q >> 1) == 1 ? raw[i][u].y
+                                              : (q >> 1) == 2 ? raw[i][u].z : raw[i][u].w;
+                        const int sh = 16 * (q & 1);
+                        s[i] += xv.x * tw_e2m1_scaled(wq, sh);
+                        s[i] += xv.y * tw_e2m1_scaled(wq, sh + 4);
+                        s[i] += xv.z * tw_e2m1_scaled(wq, sh + 8);
+                        s[i] += xv.w * tw_e2m1_scaled(wq, sh + 12);
                     }
                 }
+                // The block scale is a power of two: applying it to the block's partial sum
+                // equals applying it to every weight (no rounding differs).
+#pragma unroll
+                for (int i = 0; i < NR; ++i) acc[i][r] += s[i] * tw_e8m0(sc[i][u]);
             }
         }
     }
@@ -102,4 +111,11 @@ __device__ __forceinline__ void tw_gemv_mxfp4_tile(const TwRows& x, const unsign
             }
         }
     }
+}
+
+// Prefetch rows n0..n1 of one expert's MXFP4 weight: its codes, then its scales.
+__device__ __forceinline__ void tw_prefetch_rows_mxfp4(TwPrefetch& pf, const unsigned char* codes,
+                                                      const unsigned char* scales, int k, int n0, int n1) {
+    pf.range(codes + (long long)n0 * (k / 2), (unsigned long long)(n1 - n0) * (k / 2));
+    pf.range(scales + (long long)n0 * (k / 32), (unsigned long long)(n1 - n0) * (k / 32));
 }

@@ -13,3 +13,7 @@ __device__ void tw_op_linear(const TwCtx& c, const int* a) {
         out[r * out_ld + n] = v;
     });
 }
+
+__device__ void tw_prefetch_linear(const TwCtx& c, const int* a, TwPrefetch& pf) {
+    tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LINEAR_W]), a[TW_LINEAR_K], a[TW_LINEAR_N0], a[TW_LINEAR_N1]);
+}

@@ -22,3 +22,9 @@ __device__ void tw_op_linear_swiglu(const TwCtx& c, const int* a) {
         }
     }
 }
+
+__device__ void tw_prefetch_linear_swiglu(const TwCtx& c, const int* a, TwPrefetch& pf) {
+    const int k = a[TW_LINEAR_SWIGLU_K], n0 = a[TW_LINEAR_SWIGLU_N0], n1 = a[TW_LINEAR_SWIGLU_N1];
+    tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LINEAR_SWIGLU_W]), k, n0, n1);
+    tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LINEAR_SWIGLU_W2]), k, n0, n1);
+}

@@ -11,7 +11,7 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
     float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
     tw_gemv_bf16_tile(x, w, k, n0, n1, [&](int n, int r, float v) { logits[r * ld + n] = v; });
-    __syncthreads();
+    tw_sync();
     // Tile max / argmax: a warp per row.
     for (int r = tw_warp(); r < t; r += TW_WARPS) {
         float best = -INFINITY;
@@ -27,4 +27,8 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
             b[1] = (float)arg;
         }
     }
+}
+
+__device__ void tw_prefetch_lm_head(const TwCtx& c, const int* a, TwPrefetch& pf) {
+    tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LM_HEAD_W]), a[TW_LM_HEAD_K], a[TW_LM_HEAD_N0], a[TW_LM_HEAD_N1]);
 }

@@ -20,7 +20,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     float* score = c.s_scratch + 2 * TW_MAX_T * 8 + e;   // sigmoid scores [t][e], computed once
     for (int i = threadIdx.x; i < e; i += TW_THREADS) used[i] = 0;
     for (int i = threadIdx.x; i < t * e; i += TW_THREADS) score[i] = 1.f / (1.f + expf(-tw_ld(logits + i)));
-    __syncthreads();
+    tw_sync();
     const int w = tw_warp(), lane = tw_lane();
     for (int r = w; r < t; r += TW_WARPS) {
         float sum = 0.f;
@@ -51,7 +51,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
             }
         }
     }
-    __syncthreads();
+    tw_sync();
     if (threadIdx.x == 0) {
         const int f_expert = 1, f_count = 1 + slots, f_tokens = 1 + 2 * slots, f_slot = 1 + 2 * slots + slots * t;
         const int f_weight = f_slot + t * k;

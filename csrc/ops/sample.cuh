@@ -9,7 +9,7 @@ __device__ void tw_op_sample(const TwCtx& c, const int* a) {
     const float* best = c.arena + a[TW_SAMPLE_BEST_OFF];
     int* state = c.arena_i + a[TW_SAMPLE_STATE_OFF];
     const int tok_off = a[TW_SAMPLE_TOK_OFF];
-    __syncthreads();
+    tw_sync();
     if (threadIdx.x == 0) {
         const int step = tw_ldi(state + TW_STATE_STEP);
         const int row = tok_off >= 0 ? step : 0;
