@@ -28,10 +28,16 @@
 #include "ops/moe_combine.cuh"
 #include "ops/lm_head.cuh"
 #include "ops/sample.cuh"
+#include "ops/draft_embed.cuh"
+#include "ops/draft_rope_kv.cuh"
+#include "ops/draft_attn.cuh"
+#include "ops/export_hidden.cuh"
+#include "ops/argmax_rows.cuh"
+#include "ops/accept.cuh"
 
 #define TW_TRACE_WORDS 4
 
-__device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_SAMPLE; }
+__device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
 __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
     switch (op) {
@@ -47,6 +53,12 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
         case TW_OP_MOE_COMBINE: tw_op_moe_combine(c, a); break;
         case TW_OP_LM_HEAD: tw_op_lm_head(c, a); break;
         case TW_OP_SAMPLE: tw_op_sample(c, a); break;
+        case TW_OP_DRAFT_EMBED: tw_op_draft_embed(c, a); break;
+        case TW_OP_DRAFT_ROPE_KV: tw_op_draft_rope_kv(c, a); break;
+        case TW_OP_DRAFT_ATTN: tw_op_draft_attn(c, a); break;
+        case TW_OP_EXPORT_HIDDEN: tw_op_export_hidden(c, a); break;
+        case TW_OP_ARGMAX_ROWS: tw_op_argmax_rows(c, a); break;
+        case TW_OP_ACCEPT: tw_op_accept(c, a); break;
         default: break;
     }
 }
@@ -58,6 +70,7 @@ __device__ __forceinline__ void tw_dispatch_prefetch(const TwCtx& c, int op, con
         case TW_OP_EXPERT_UP: tw_prefetch_expert_up(c, a, pf); break;
         case TW_OP_EXPERT_DOWN: tw_prefetch_expert_down(c, a, pf); break;
         case TW_OP_LM_HEAD: tw_prefetch_lm_head(c, a, pf); break;
+        case TW_OP_ATTN_PARTIAL: tw_prefetch_attn_partial(c, a, pf); break;
         default: break;
     }
 }
@@ -67,7 +80,7 @@ __device__ __forceinline__ bool tw_prefetch_after_waits(int op) {
     return op == TW_OP_EXPERT_UP || op == TW_OP_EXPERT_DOWN;
 }
 
-extern "C" __global__ void __maxnreg__(TW_MAX_REGS) tw_megakernel(const TwParams* __restrict__ pp) {
+extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(const TwParams* __restrict__ pp) {
     extern __shared__ float4 tw_smem[];
     __shared__ TwDesc desc;
     __shared__ int go;
@@ -105,7 +118,6 @@ extern "C" __global__ void __maxnreg__(TW_MAX_REGS) tw_megakernel(const TwParams
                           tw_prefetch_after_waits);
         return;
     }
-    volatile int* fetched_v = &fetched;
     int n_fetched = 0;
     int n_rec = 0;
     unsigned long long t_fetch = 0, t_ready = 0;
@@ -117,7 +129,7 @@ extern "C" __global__ void __maxnreg__(TW_MAX_REGS) tw_megakernel(const TwParams
                 if (trace_cap) t_fetch = tw_globaltimer_ns();
                 const int task = queue[qi];
                 desc = descs[task];
-                *fetched_v = ++n_fetched;
+                atomicExch(&fetched, ++n_fetched);   // an atomic: the loader polls it
                 int ok = 1;
                 if (!tw_known_op(desc.op)) {
                     tw_report_error(status, abort_flag, TW_STATUS_BAD_OP, task, -1, 0, 0, desc.op);

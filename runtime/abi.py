@@ -17,10 +17,11 @@ WEIGHT_DTYPE = np.dtype([("a", "<u8"), ("b", "<u8"), ("rows", "<i4"), ("cols", "
                          ("kind", "<i4")], align=True)
 WEIGHT_KINDS = {"bf16": 0, "vector": 1, "mxfp4_bank": 2, "rope": 3}
 
-#: One entry per layer: its KV cache and attention shape.
+#: One entry per layer-table id (target layers, then a DFlash program's draft layers): its KV
+#: cache, attention shape and value scale (V is stored times it; the drafter has its own).
 LAYER_DTYPE = np.dtype([("k", "<u8"), ("v", "<u8"), ("slots", "<i4"), ("kv_heads", "<i4"), ("heads", "<i4"),
                         ("head_dim", "<i4"), ("v_dim", "<i4"), ("rotary_dim", "<i4"), ("window", "<i4"),
-                        ("pad", "<i4")], align=True)
+                        ("value_scale", "<f4")], align=True)
 
 #: The launch parameters (in device memory; the kernel gets a pointer to them).
 PARAMS_DTYPE = np.dtype([

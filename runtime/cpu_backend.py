@@ -39,14 +39,16 @@ class CpuBackend:
         return self.exec.decode(token, n, seed=self.seed)
 
 
-class CpuDFlashBackend:
-    """DFlash through the chained dflash program: each launch runs up to `steps_per_launch`
-    whole steps on the CPU executor; the PyTorch reference prefills both caches (the
-    target's KV cache and the drafter's context), as the megakernel path will."""
+class DFlashProgramBackend:
+    """DFlash through the chained dflash program on an executor with `dflash(anchor, steps,
+    ...)` (`program_loop.DFlashExecutor`: the CPU executor here, the megakernel in
+    `megakernel_dflash`): each launch runs up to `steps_per_launch` whole steps; the
+    PyTorch reference prefills both caches (the target's KV cache and the drafter's
+    context) where the executor reads them."""
 
-    def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16):
-        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity)))
-        self.exec = CpuExecutor(program, weights, target.cache, draft_weights=draft.weights, draft_cache=draft.cache)
+    def __init__(self, executor: program_loop.DFlashExecutor, target: ReferenceModel, draft: DraftModel, *,
+                 steps_per_launch: int = 16):
+        self.exec = executor
         self.target = target
         self.draft = draft
         self.steps_per_launch = min(steps_per_launch, MAX_STEPS_PER_LAUNCH)
@@ -68,7 +70,7 @@ class CpuDFlashBackend:
         self.draft.reset()
         out = self.target.prefill(prompt, return_hidden=layers)
         self.draft.append_context(out.hidden, range(len(prompt)))
-        first = sample_rows(out.logits[-1:], seed, len(prompt), params.temperature)[0]
+        first = sample_rows(out.logits[-1:].cpu(), seed, len(prompt), params.temperature)[0]
         yield [first]
         anchor, left = first, params.max_tokens - 1
         while left > 0 and anchor not in params.stop_tokens:
@@ -83,3 +85,12 @@ class CpuDFlashBackend:
         return program_loop.launch_steps(self.exec, anchor, left, self.draft.cfg.block_size,
                                          steps_per_launch=self.steps_per_launch, stop_tokens=params.stop_tokens,
                                          seed=self.launches, temperature=params.temperature, sample_seed=seed)
+
+
+class CpuDFlashBackend(DFlashProgramBackend):
+    """DFlash through the chained dflash program on the CPU executor."""
+
+    def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16):
+        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity)))
+        super().__init__(CpuExecutor(program, weights, target.cache, draft_weights=draft.weights,
+                                     draft_cache=draft.cache), target, draft, steps_per_launch=steps_per_launch)

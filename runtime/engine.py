@@ -9,8 +9,9 @@ Backends:
 
 With a DFlash drafter (`drafter=`), each step drafts a block and the target verifies it,
 committing 1..B tokens: "reference" runs `DFlashDecoder`, "cpu" runs the chained DFlash
-program (`cpu_backend.CpuDFlashBackend`); the megakernel has no device code for the draft
-ops yet and refuses a drafter. Greedy output is the same with or without a drafter.
+program on the CPU executor (`cpu_backend.CpuDFlashBackend`), "megakernel" the same program
+in the megakernel (`megakernel_dflash.MegakernelDFlashBackend`). Greedy output is the same
+with or without a drafter.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tilewarp.pipeline.weights import Weights
 if TYPE_CHECKING:
     from tokenizers import Tokenizer  # optional: the `demo` extra
 
-    from .cpu_backend import CpuDFlashBackend
+    from .cpu_backend import DFlashProgramBackend
 
 Backend = Literal["reference", "cpu", "megakernel"]
 BACKENDS = ("reference", "cpu", "megakernel")
@@ -84,10 +85,10 @@ class Engine:
         read this target's layers and share its vocabulary (checked here, before any work)."""
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
+        if backend == "megakernel" and not torch.cuda.is_available():
+            raise DeviceError("backend 'megakernel' needs a CUDA GPU and none is visible; use --backend cpu or "
+                              "reference")
         if drafter is not None:
-            if backend == "megakernel":
-                raise DeviceError("backend 'megakernel' cannot run a DFlash drafter yet: the draft and accept ops "
-                                  "have no device code; use --backend cpu or reference with a drafter")
             drafter.cfg.check_target(weights.cfg)
         if isinstance(steps_per_call, bool) or not isinstance(steps_per_call, int) or steps_per_call < 1:
             raise InputError(f"steps_per_call={steps_per_call!r} is invalid: allowed an integer >= 1")
@@ -110,16 +111,21 @@ class Engine:
         self.drafter = drafter
         self.draft_model = (DraftModel(drafter.cfg, drafter, weights, capacity=self.capacity, device=device)
                             if drafter is not None else None)
-        self._dflash: CpuDFlashBackend | None = None
+        self._dflash: DFlashProgramBackend | None = None
         if backend == "cpu" and self.draft_model is not None:
             from . import cpu_backend   # lazily: the CPU executor is not needed by other backends
             self._dflash = cpu_backend.CpuDFlashBackend(weights, self.model, self.draft_model, steps_per_launch=steps_per_call)
+        elif backend == "megakernel" and self.draft_model is not None:
+            from .megakernel_dflash import MegakernelDFlashBackend
+            self._dflash = MegakernelDFlashBackend(weights, self.model, self.draft_model,
+                                                   steps_per_launch=steps_per_call)
         if backend == "cpu":
             from .cpu_backend import CpuBackend
             self._backend = CpuBackend(weights, self.model.cache)
         elif backend == "megakernel":
+            # With a drafter every step runs the dflash program: no decode kernel is built.
             from .megakernel import MegakernelBackend
-            self._backend = MegakernelBackend(weights, self.model.cache)
+            self._backend = MegakernelBackend(weights, self.model.cache) if self._dflash is None else None
         else:
             self._backend = ReferenceBackend(self.model)
         self.last: GenerationResult | None = None
@@ -163,7 +169,7 @@ class Engine:
         of B positions per step even when fewer tokens are left, so its last step, anchored
         at most at position prompt + max_tokens - 2, reaches B - 1 positions past that (no
         step runs when the prefill's token is the only one asked for)."""
-        if self.drafter is not None and self.backend == "cpu" and max_tokens > 1:
+        if self.drafter is not None and self.backend in ("cpu", "megakernel") and max_tokens > 1:
             return prompt_tokens + max_tokens - 2 + self.drafter.cfg.block_size
         return prompt_tokens + max_tokens
 

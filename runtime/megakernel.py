@@ -7,11 +7,16 @@ launches one cooperative grid of `program.workers` CTAs per host call. Event cou
 live on the device and are never reset: each launch passes the number of steps already
 run as its base. After every launch the error record is read; a wait that timed out
 becomes a `DeviceTimeoutError` naming the worker, task, op, event and counts.
+
+DFlash programs (draft and chained dflash steps, which also need the drafter's weights
+and context cache) run in `megakernel_dflash.MegakernelDFlashRunner`, a subclass that
+extends the weight and layer tables through `_weight_entries` / `_layer_rows`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,7 @@ import torch
 
 from tilewarp.pipeline.config import ModelConfig
 from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError, GraphError, InputError
-from tilewarp.pipeline.graph.ops import STATE_POS, STATE_STEP, Op
+from tilewarp.pipeline.graph.ops import STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
 from tilewarp.pipeline.graph.step import build_decode_step
 from tilewarp.pipeline.kv_cache import KVCache
 from tilewarp.pipeline.lower import Program, lower
@@ -33,12 +38,27 @@ from .trace import TRACE_WORDS, records
 
 log = logging.getLogger("tilewarp.megakernel")
 
-THREADS = 256 + 32   # mirrors TW_CTA_THREADS in csrc/core/util.cuh: compute warps + the loader warp
+THREADS = 224 + 32   # mirrors TW_CTA_THREADS in csrc/core/util.cuh: 7 compute warps + the loader warp
 #: Ops with a device implementation in csrc/ops (dispatched in csrc/megakernel.cu).
 GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_PARTIAL, Op.ATTN_MERGE, Op.ROUTE,
-                     Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE})
-SMEM_BYTES = (2 * 16 + 40 * 1024 + 12 * 1024) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
+                     Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE, Op.DRAFT_EMBED,
+                     Op.DRAFT_ROPE_KV, Op.DRAFT_ATTN, Op.EXPORT_HIDDEN, Op.ARGMAX_ROWS, Op.ACCEPT})
+SCRATCH_FLOATS = 12 * 1024   # mirrors TW_SCRATCH_FLOATS in csrc/core/context.cuh
+SMEM_BYTES = (2 * 16 + 40 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
+
+
+def route_scratch_floats(experts: int, tokens: int = 16) -> int:
+    """Shared scratch ROUTE needs (csrc/ops/route.cuh): chosen ids and weights, used flags,
+    the bias and the scores of every token."""
+    return 2 * 16 * 8 + 2 * experts + tokens * experts
+
+
+def max_route_experts() -> int:
+    e = 1
+    while route_scratch_floats(e + 1) <= SCRATCH_FLOATS:
+        e += 1
+    return e
 
 
 def _cu():
@@ -78,11 +98,12 @@ def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
 
 
 def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
+    """The target's rows of the layer table (ids 0 .. num_layers - 1)."""
     t = np.zeros(cfg.num_layers, dtype=LAYER_DTYPE)
     for i in range(cfg.num_layers):
         s = cfg.attn(i)
         t[i] = (cache.k[i].data_ptr(), cache.v[i].data_ptr(), cache.slots(i), s.num_kv_heads, s.num_heads,
-                s.head_dim, s.v_head_dim, cfg.rotary_dim(s), -1 if s.window is None else s.window, 0)
+                s.head_dim, s.v_head_dim, cfg.rotary_dim(s), -1 if s.window is None else s.window, cfg.value_scale)
     return t
 
 
@@ -96,9 +117,9 @@ class MegakernelRunner:
             raise GraphError("program, weights and KV cache do not belong together")
         if cache.k[0].device.type != "cuda":
             raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
-        if cfg.num_experts > 1024 or cfg.top_k > 8:
-            raise DeviceError(f"the megakernel's router handles <= 1024 experts and top-k <= 8, got "
-                              f"{cfg.num_experts} / {cfg.top_k}")
+        if cfg.top_k > 8 or route_scratch_floats(cfg.num_experts) > SCRATCH_FLOATS:
+            raise DeviceError(f"the megakernel's router handles top-k <= 8 and at most "
+                              f"{max_route_experts()} experts (shared scratch), got {cfg.num_experts} / {cfg.top_k}")
         if cfg.n_group > 1:
             raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
         missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
@@ -106,6 +127,7 @@ class MegakernelRunner:
             raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")
         if program.tokens > 16:
             raise GraphError("the megakernel takes at most 16 tokens per step")
+        self._check_drafter(program)
         self.p, self.cfg, self.cache = program, cfg, cache
         self.dev = torch.device("cuda", device)
         cu = _cu()
@@ -143,7 +165,7 @@ class MegakernelRunner:
         self.tracing = trace_cap > 0
         self.trace = torch.zeros(max(1, program.workers * trace_cap * TRACE_WORDS), dtype=torch.int64, device=self.dev)
         self.tables = [{k: v.to(self.dev).contiguous() for k, v in entry.items()}
-                       for entry in weight_table(program.weights, weights)]
+                       for entry in self._weight_entries(program, weights)]
         wt = np.zeros(len(program.weights), dtype=WEIGHT_DTYPE)
         for w in program.weights:
             entry = self.tables[w.index]
@@ -153,14 +175,28 @@ class MegakernelRunner:
                            w.detail.get("cols", w.detail.get("size", a.shape[-1])), w.detail.get("experts", 0),
                            WEIGHT_KINDS[w.kind])
         self.weight_ptrs = up(wt.view(np.uint8))
-        self.layers = up(_layer_table(cfg, cache).view(np.uint8))
+        self.layers = up(self._layer_rows(cfg, cache).view(np.uint8))
         self.wait_bound_ns = int(wait_bound_s * 1e9)
         self.steps_done = 0
         self._state = program.buffer("state").offset
         self._tokens = program.buffer("tokens").offset
-        self._out = program.buffer("out_tokens")
+        self._out = program.buffer("out_tokens") if any(b.name == "out_tokens" for b in program.buffers) else None
         log.info("megakernel ready: %d tasks on %d workers, %d registers, arena %.1f MB", program.n_tasks,
                  program.workers, self.registers, program.arena_words * 4 / 1e6)
+
+    # ------------------------------------------------------------ tables
+    # Hooks for MegakernelDFlashRunner, which adds the drafter's weights and layers.
+    def _check_drafter(self, program: Program) -> None:
+        """A program that runs a drafter needs the DFlash runner."""
+        if program.meta.get("drafter") is not None:
+            raise GraphError(f"this {program.kind} program runs drafter {program.meta['drafter']!r}: run it in "
+                             "megakernel_dflash.MegakernelDFlashRunner, with the drafter's weights and context cache")
+
+    def _weight_entries(self, program: Program, weights: Weights) -> list[dict[str, torch.Tensor]]:
+        return weight_table(program.weights, weights)
+
+    def _layer_rows(self, cfg: ModelConfig, cache: KVCache) -> np.ndarray:
+        return _layer_table(cfg, cache)
 
     # ------------------------------------------------------------------ run
     def _params(self, steps: int) -> torch.Tensor:
@@ -209,42 +245,74 @@ class MegakernelRunner:
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
         raise DeviceError(msg)
 
-    def _begin(self, tokens: list[int]) -> None:
+    def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,
+               sample_seed: int = 0) -> None:
+        """As the CPU executor's: tokens into the head of the token buffer; the position
+        (default: the cache's length), a zero step count and the sampling parameters
+        (`counter_rng`: seed, 1 / temperature, 0 = greedy) into the state block."""
         if self.steps_done < 0:
             raise DeviceError("this megakernel runner stopped on an error; build a new one")
         bad = [x for x in tokens if not 0 <= x < self.cfg.vocab_size]
-        if bad or len(tokens) != self.p.tokens:
+        if bad or not 1 <= len(tokens) <= self.p.tokens:
             raise InputError(f"tokens {tokens}: need {self.p.tokens} ids in [0, {self.cfg.vocab_size})")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise InputError(f"temperature={temperature!r} is invalid: allowed a finite number >= 0 (0 = greedy)")
         ints = self.arena.view(torch.int32)
         ints[self._tokens:self._tokens + len(tokens)] = torch.tensor(tokens, dtype=torch.int32, device=self.dev)
-        ints[self._state + STATE_POS] = self.cache.length
+        ints[self._state + STATE_POS] = self.cache.length if position is None else position
         ints[self._state + STATE_STEP] = 0
+        ints[self._state + STATE_SEED] = (sample_seed & 0xFFFFFFFF) - ((sample_seed & 0x80000000) << 1)
+        self.arena[self._state + STATE_INV_TEMP] = 1.0 / temperature if temperature else 0.0
 
-    def decode(self, token: int, steps: int) -> list[int]:
-        """Feed `token` and run `steps` chained greedy decode steps in one launch."""
-        if self.p.kind != "decode":
-            raise GraphError("decode() needs a decode program")
+    def _check_kind(self, kind: str, method: str) -> None:
+        if self.p.kind != kind:
+            raise GraphError(f"{method}() needs a {kind} program, this one is {self.p.kind!r}")
+
+    def decode(self, token: int, steps: int, *, temperature: float = 0.0, sample_seed: int = 0) -> list[int]:
+        """Feed `token` and run `steps` chained decode steps in one launch: greedy, or sampled
+        at `temperature` with the counter-based noise of `sample_seed` (`counter_rng`)."""
+        self._check_kind("decode", "decode")
         if not 1 <= steps <= self._out.rows:
             raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
         self.cache.check_room(steps)
-        self._begin([token])
+        self._begin([token], None, temperature, sample_seed)
         self.launch(steps)
         self.cache.length += steps
         ints = self.arena.view(torch.int32)
         return ints[self._out.offset:self._out.offset + steps].tolist()
 
-    def verify(self, tokens: list[int]) -> tuple[torch.Tensor, list[int]]:
-        if self.p.kind != "verify":
-            raise GraphError("verify() needs a verify program")
+    def verify(self, tokens: list[int], *, temperature: float = 0.0,
+               sample_seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+        """One step over T tokens: (logits [T, V], each row's choice: argmax, or the sample
+        at `temperature`). The cache keeps all T; the caller truncates what it rejects."""
+        self._check_kind("verify", "verify")
+        if len(tokens) != self.p.tokens:
+            raise InputError(f"tokens {list(tokens)}: need {self.p.tokens} ids in [0, {self.cfg.vocab_size})")
         self.cache.check_room(len(tokens))
-        self._begin(list(tokens))
+        self._begin(list(tokens), None, temperature, sample_seed)
         self.launch(1)
         self.cache.length += len(tokens)
         return self.logits(), self.arena.view(torch.int32)[self._out.offset:self._out.offset + self.p.tokens].tolist()
 
+    def ints(self, name: str) -> torch.Tensor:
+        """A copy (on the host) of an int32 buffer of the program, [rows, cols]."""
+        b = self.p.buffer(name)
+        return self.arena.view(torch.int32)[b.offset:b.offset + b.rows * b.cols].view(b.rows, b.cols).cpu()
+
+    def floats(self, name: str) -> torch.Tensor:
+        """A copy (on the device) of an fp32 buffer of the program, [rows, cols]."""
+        b = self.p.buffer(name)
+        return self.arena[b.offset:b.offset + b.rows * b.cols].view(b.rows, b.cols).clone()
+
     def logits(self) -> torch.Tensor:
-        lg = self.p.buffer("logits")
-        return self.arena[lg.offset:lg.offset + lg.rows * lg.cols].view(lg.rows, lg.cols).clone()
+        return self.floats("logits")
+
+    def hidden(self) -> dict[int, torch.Tensor]:
+        """The last verify step's exported hidden states: target layer -> [T, hidden]."""
+        layers = self.p.meta.get("export_layers")
+        if not layers or self.p.kind != "verify":
+            raise GraphError("this program exports no hidden states (build_verify_step(export_layers=...))")
+        return dict(zip(layers, self.floats("hidden_out").split(self.cfg.hidden_size, dim=-1)))
 
 
 class MegakernelBackend:

@@ -37,13 +37,13 @@ __device__ bool tw_loader_wait(const TwDesc& d, long long step, const tw_event_t
 // fetched; instance i is prefetched once fetched >= i (one task ahead).
 template <class Prefetch, class AfterWaits>
 __device__ void tw_loader_run(TwCtx c, const TwDesc* descs, const int* queue, int q0, int q1,
-                              const tw_event_t* counters, volatile int* abort_flag, const volatile int* fetched,
+                              const tw_event_t* counters, volatile int* abort_flag, int* fetched,
                               Prefetch prefetch, AfterWaits after_waits) {
     int inst = 0;
     for (int s = 0; s < c.p->n_steps; ++s) {
         c.step = (long long)c.p->step_base + s + 1;
         for (int qi = q0; qi < q1; ++qi, ++inst) {
-            while (*fetched < inst) {
+            while (atomicAdd(fetched, 0) < inst) {   // atomic read: ordered with the controller's atomicExch
                 if (tw_aborted(abort_flag)) return;
                 __nanosleep(64);
             }

@@ -10,14 +10,13 @@
 // The compute warps: every op runs on these TW_THREADS threads, and synchronises them
 // with tw_sync() (named barrier 1), never __syncthreads(): the CTA also holds the loader
 // warp (csrc/core/loader.cuh), which runs its own loop and never joins an op's barriers.
-#define TW_THREADS 256
+// 7 + 1 warps, not 8 + 1: each of the SM's 4 schedulers has 16K registers, and a ninth
+// warp puts 3 on one scheduler, capping a thread at 168 registers (the T = 8 build
+// spills there); with 8 warps a thread may use 255.
+#define TW_THREADS 224
 #define TW_WARPS (TW_THREADS / 32)
 #define TW_LOADER_WARPS 1
 #define TW_CTA_THREADS (TW_THREADS + 32 * TW_LOADER_WARPS)
-// Registers per thread: 9 warps x 224 x 32 fit the SM's 64K (allocation is per warp, in
-// units of 8 per thread). __launch_bounds__ alone would cap at 168 (it rounds 288 threads
-// up to whole warpgroups).
-#define TW_MAX_REGS 224
 // Most tokens one step carries. The runtime compiles one kernel per program shape with
 // TW_MAX_T = T rounded up to a power of two, so a decode kernel (T = 1) has no loops over
 // 16 rows it never uses: smaller code, fewer instruction-cache misses, faster compiles.
@@ -46,6 +45,8 @@ __device__ __forceinline__ void tw_bf16x8(const __nv_bfloat16* p, float out[8]) 
         out[2 * i + 1] = f.y;
     }
 }
+
+__device__ __forceinline__ float tw_silu(float g) { return g / (1.f + expf(-g)); }
 
 __device__ __forceinline__ float tw_warp_sum(float v) {
 #pragma unroll

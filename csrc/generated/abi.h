@@ -27,7 +27,7 @@ struct TwLayer {
     int v_dim;  // offset 32
     int rotary_dim;  // offset 36
     int window;  // offset 40
-    int pad;  // offset 44
+    float value_scale;  // offset 44
 };
 static_assert(sizeof(TwLayer) == 48, "TwLayer size");
 

@@ -2,13 +2,21 @@
 #pragma once
 #include "core/context.cuh"
 
+// out[r, c0:c1] = row(r)[c0:c1] for rows r < t, `row(r)` a bf16 row (widened to fp32).
+// Shared with DRAFT_EMBED.
+template <class Row>
+__device__ __forceinline__ void tw_gather_bf16_rows(float* out, int ld, int t, int c0, int c1, Row row) {
+    const int w = c1 - c0;
+    for (int i = threadIdx.x; i < t * w; i += TW_THREADS) {
+        const int r = i / w, col = c0 + i % w;
+        out[r * ld + col] = tw_bf16(row(r)[col]);
+    }
+}
+
 __device__ void tw_op_embed(const TwCtx& c, const int* a) {
-    const int t = a[TW_EMBED_T], c0 = a[TW_EMBED_C0], c1 = a[TW_EMBED_C1];
     const __nv_bfloat16* table = c.bf16(a[TW_EMBED_W]);
     const int cols = c.wt[a[TW_EMBED_W]].cols;
-    for (int i = threadIdx.x; i < t * (c1 - c0); i += TW_THREADS) {
-        const int r = i / (c1 - c0), col = c0 + i % (c1 - c0);
-        const int tok = tw_ldi(c.arena_i + a[TW_EMBED_TOK_OFF] + r);
-        c.arena[a[TW_EMBED_OUT_OFF] + r * a[TW_EMBED_OUT_LD] + col] = tw_bf16(table[(long long)tok * cols + col]);
-    }
+    const int* tok = c.arena_i + a[TW_EMBED_TOK_OFF];
+    tw_gather_bf16_rows(c.arena + a[TW_EMBED_OUT_OFF], a[TW_EMBED_OUT_LD], a[TW_EMBED_T], a[TW_EMBED_C0],
+                        a[TW_EMBED_C1], [&](int r) { return table + (long long)tw_ldi(tok + r) * cols; });
 }

@@ -14,18 +14,19 @@ __device__ void tw_op_expert_up(const TwCtx& c, const int* a) {
     const TwFp4Matrix u = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
     float* act = c.arena + a[TW_EXPERT_UP_ACT_OFF];
     const int ld = a[TW_EXPERT_UP_ACT_LD];
-    for (int n = a[TW_EXPERT_UP_N0] + tw_warp(); n < a[TW_EXPERT_UP_N1]; n += TW_WARPS) {
-        // The gate row and the up row of output n, streamed together.
-        const TwFp4Row rows[2] = {{g.codes + (long long)n * (k / 2), g.scales + (long long)n * (k / 32)},
-                                  {u.codes + (long long)n * (k / 2), u.scales + (long long)n * (k / 32)}};
-        float acc[2][TW_MAX_T];
-        tw_gemv_mxfp4<2>(x, rows, acc);
-        if (tw_lane() == 0) {
+    // A group is the gate row and the up row of output n, streamed together.
+    tw_gemv_walk<TwFp4Core>(
+        x, a[TW_EXPERT_UP_N0] + tw_warp(), a[TW_EXPERT_UP_N1], TW_WARPS,
+        [&](int n) {
+            return TwFp4Core::Ptrs{{g.codes + (long long)n * (k / 2), u.codes + (long long)n * (k / 2)},
+                                   {g.scales + (long long)n * (k / 32), u.scales + (long long)n * (k / 32)}};
+        },
+        [&](int n, const float (&acc)[2][TW_MAX_T]) {
+            if (tw_lane() != 0) return;
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r)
-                if (r < count) act[c.s_tok[r] * ld + n] = acc[0][r] / (1.f + expf(-acc[0][r])) * acc[1][r];
-        }
-    }
+                if (r < count) act[c.s_tok[r] * ld + n] = tw_silu(acc[0][r]) * acc[1][r];
+        });
 }
 
 // Once the routing is known: the gate and up rows n0:n1 of the slot's expert.

@@ -2,12 +2,20 @@
 // (low nibble = even k) with E8M0 scales [N, K/32]. Each lane decodes whole 32-element
 // blocks: 16 code bytes (one 16-byte load) and one scale byte; value = e2m1(code) *
 // 2^(scale - 127), exact in fp32 as in the reference; fp32 accumulation, the scale applied
-// once per block. A warp takes NR rows at once with TW_MXFP4_UNROLL blocks per lane in flight.
+// once per block. A chunk is TW_MXFP4_UNROLL blocks per lane of both rows of a group;
+// core/gemv_walk.cuh keeps the next chunk's loads in flight while this one is consumed.
 #pragma once
 #include "core/rows.cuh"
 #include "core/prefetch.cuh"
+#include "core/gemv_walk.cuh"
 
+// Blocks per lane in flight; one for the 16-token build, whose accumulators take the
+// registers.
+#if TW_MAX_T >= 16
+#define TW_MXFP4_UNROLL 1
+#else
 #define TW_MXFP4_UNROLL 2
+#endif
 
 __device__ __forceinline__ float tw_e8m0(unsigned int s) {
     // 2^(s-127): the exponent field for s >= 1, and the subnormal 2^-127 for s == 0.
@@ -25,48 +33,50 @@ __device__ __forceinline__ float tw_e2m1_scaled(unsigned int word, int shift) {
     return __int_as_float((int)(((c & 8u) << 28) | ((c & 7u) << 22))) * TW_E2M1_FIX;
 }
 
-struct TwFp4Row {
-    const unsigned char* codes;   // [K/2] or null (no row)
-    const unsigned char* scales;  // [K/32]
-};
+// Two MXFP4 rows: codes [k/2] and scales [k/32] each (null: no row).
+struct TwFp4Core {
+    struct Ptrs {
+        const unsigned char* codes[2];
+        const unsigned char* scales[2];
+    };
+    struct Chunk {
+        uint4 raw[2][TW_MXFP4_UNROLL];
+        unsigned int sc[2][TW_MXFP4_UNROLL];
+    };
+    static __device__ __forceinline__ int chunks(int k) {
+        return (k / 32 + 32 * TW_MXFP4_UNROLL - 1) / (32 * TW_MXFP4_UNROLL);
+    }
 
-template <int NR>
-__device__ __forceinline__ void tw_gemv_mxfp4(const TwRows& x, const TwFp4Row (&w)[NR], float (&acc)[NR][TW_MAX_T]) {
+    static __device__ __forceinline__ void load(Chunk& b, const Ptrs& p, int k, int chunk) {
+        const int b0 = chunk * 32 * TW_MXFP4_UNROLL + tw_lane(), blocks = k / 32;
 #pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < TW_MAX_T; ++r) acc[i][r] = 0.f;
-    const int lane = tw_lane();
-    const int blocks = x.k / 32;
-    for (int b0 = 0; b0 < blocks; b0 += 32 * TW_MXFP4_UNROLL) {
-        uint4 raw[NR][TW_MXFP4_UNROLL];
-        unsigned int sc[NR][TW_MXFP4_UNROLL];
-#pragma unroll
-        for (int i = 0; i < NR; ++i)
+        for (int i = 0; i < 2; ++i)
 #pragma unroll
             for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
-                const int b = b0 + u * 32 + lane;
-                const bool ok = w[i].codes && b < blocks;
-                raw[i][u] = ok ? __ldg(reinterpret_cast<const uint4*>(w[i].codes + b * 16)) : make_uint4(0, 0, 0, 0);
-                sc[i][u] = ok ? __ldg(w[i].scales + b) : 0u;
+                const int bl = b0 + u * 32;
+                const bool ok = p.codes[i] && bl < blocks;
+                b.raw[i][u] = ok ? __ldg(reinterpret_cast<const uint4*>(p.codes[i] + bl * 16)) : make_uint4(0, 0, 0, 0);
+                b.sc[i][u] = ok ? __ldg(p.scales[i] + bl) : 0u;
             }
+    }
+
+    static __device__ __forceinline__ void fma(const Chunk& b, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
+        const int b0 = chunk * 32 * TW_MXFP4_UNROLL + tw_lane(), blocks = x.k / 32;
 #pragma unroll
         for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
-            const int b = b0 + u * 32 + lane;
-            if (b >= blocks) continue;
+            const int bl = b0 + u * 32;
+            if (bl >= blocks) continue;
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r) {
                 if (r >= x.n) break;
-                float s[NR];
-#pragma unroll
-                for (int i = 0; i < NR; ++i) s[i] = 0.f;
+                float s[2] = {0.f, 0.f};
 #pragma unroll
                 for (int q = 0; q < 8; ++q) {   // codes 4q..4q+3: word q / 2, nibbles from 16 * (q % 2)
-                    const float4 xv = x.at4(r, b * 32 + 4 * q);
+                    const float4 xv = x.at4(r, bl * 32 + 4 * q);
 #pragma unroll
-                    for (int i = 0; i < NR; ++i) {
-                        const unsigned int wq = (q >> 1) == 0 ? raw[i][u].x : (q >> 1) == 1 ? raw[i][u].y
-                                              : (q >> 1) == 2 ? raw[i][u].z : raw[i][u].w;
+                    for (int i = 0; i < 2; ++i) {
+                        const uint4& w = b.raw[i][u];
+                        const unsigned int wq = (q >> 1) == 0 ? w.x : (q >> 1) == 1 ? w.y : (q >> 1) == 2 ? w.z : w.w;
                         const int sh = 16 * (q & 1);
                         s[i] += xv.x * tw_e2m1_scaled(wq, sh);
                         s[i] += xv.y * tw_e2m1_scaled(wq, sh + 4);
@@ -77,31 +87,26 @@ __device__ __forceinline__ void tw_gemv_mxfp4(const TwRows& x, const TwFp4Row (&
                 // The block scale is a power of two: applying it to the block's partial sum
                 // equals applying it to every weight (no rounding differs).
 #pragma unroll
-                for (int i = 0; i < NR; ++i) acc[i][r] += s[i] * tw_e8m0(sc[i][u]);
+                for (int i = 0; i < 2; ++i) acc[i][r] += s[i] * tw_e8m0(b.sc[i][u]);
             }
         }
     }
-#pragma unroll
-    for (int i = 0; i < NR; ++i)
-#pragma unroll
-        for (int r = 0; r < TW_MAX_T; ++r)
-            if (r < x.n) acc[i][r] = tw_warp_sum(acc[i][r]);
-}
+};
 
 // Output rows n0..n1 of one expert's weight (codes [N, k/2], scales [N, k/32]) against the
-// input rows, two rows per warp; `store(n, r, v)` as in tw_gemv_bf16_tile.
+// input rows, two rows per warp group; `store(n, r, v)` as in tw_gemv_bf16_tile.
 template <class Store>
 __device__ __forceinline__ void tw_gemv_mxfp4_tile(const TwRows& x, const unsigned char* codes,
                                                    const unsigned char* scales, int k, int n0, int n1, Store store) {
-    for (int n = n0 + 2 * tw_warp(); n < n1; n += 2 * TW_WARPS) {
-        TwFp4Row rows[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i)
-            rows[i] = n + i < n1 ? TwFp4Row{codes + (long long)(n + i) * (k / 2), scales + (long long)(n + i) * (k / 32)}
-                                 : TwFp4Row{nullptr, nullptr};
-        float acc[2][TW_MAX_T];
-        tw_gemv_mxfp4<2>(x, rows, acc);
-        if (tw_lane() == 0) {
+    tw_gemv_walk<TwFp4Core>(
+        x, n0 + 2 * tw_warp(), n1, 2 * TW_WARPS,
+        [&](int n) {
+            const bool two = n + 1 < n1;
+            return TwFp4Core::Ptrs{{codes + (long long)n * (k / 2), two ? codes + (long long)(n + 1) * (k / 2) : nullptr},
+                                   {scales + (long long)n * (k / 32), two ? scales + (long long)(n + 1) * (k / 32) : nullptr}};
+        },
+        [&](int n, const float (&acc)[2][TW_MAX_T]) {
+            if (tw_lane() != 0) return;
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 if (n + i >= n1) break;
@@ -109,8 +114,7 @@ __device__ __forceinline__ void tw_gemv_mxfp4_tile(const TwRows& x, const unsign
                 for (int r = 0; r < TW_MAX_T; ++r)
                     if (r < x.n) store(n + i, r, acc[i][r]);
             }
-        }
-    }
+        });
 }
 
 // Prefetch rows n0..n1 of one expert's MXFP4 weight: its codes, then its scales.

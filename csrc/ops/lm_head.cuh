@@ -1,7 +1,11 @@
 // LM_HEAD: logits[t, n0:n1] = norm(x)[t] @ W[n0:n1]^T, plus (max, first argmax) per row of
-// the tile, the argmax stored as an exact float (vocab < 2^24).
+// the tile, the argmax stored as an exact float (vocab < 2^24). When the step state asks
+// for sampling (state_off >= 0, inverse temperature != 0) the maxima are of the sampling
+// scores logits * inv_temp + Gumbel(seed, pos + 1 + row, token) (core/counter_rng.cuh);
+// the logits are written unperturbed.
 #pragma once
 #include "ops/gemv_bf16.cuh"
+#include "core/counter_rng.cuh"
 
 __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
     const int t = a[TW_LM_HEAD_T], k = a[TW_LM_HEAD_K];
@@ -12,12 +16,20 @@ __device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
     tw_gemv_bf16_tile(x, w, k, n0, n1, [&](int n, int r, float v) { logits[r * ld + n] = v; });
     tw_sync();
+    const int* state = a[TW_LM_HEAD_STATE_OFF] >= 0 ? c.arena_i + a[TW_LM_HEAD_STATE_OFF] : nullptr;
+    const float inv_temp = state ? __int_as_float(tw_ldi(state + TW_STATE_INV_TEMP)) : 0.f;
     // Tile max / argmax: a warp per row.
     for (int r = tw_warp(); r < t; r += TW_WARPS) {
+        // Row r chooses the token at position pos + 1 + r.
+        const unsigned int row_key =
+            inv_temp != 0.f ? tw_rng_row((unsigned int)tw_ldi(state + TW_STATE_SEED),
+                                         (unsigned int)(tw_ldi(state + TW_STATE_POS) + 1 + r))
+                            : 0u;
         float best = -INFINITY;
         int arg = 0x7fffffff;
         for (int n = n0 + tw_lane(); n < n1; n += 32) {
-            const float v = tw_ld(logits + r * ld + n);
+            float v = tw_ld(logits + r * ld + n);
+            if (inv_temp != 0.f) v = tw_sample_score(v, inv_temp, row_key, (unsigned int)n);
             if (v > best || (v == best && n < arg)) { best = v; arg = n; }
         }
         tw_warp_argmax(best, arg);

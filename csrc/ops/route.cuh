@@ -17,8 +17,13 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     int* ids = reinterpret_cast<int*>(c.s_scratch);
     float* wts = c.s_scratch + TW_MAX_T * 8;
     int* used = reinterpret_cast<int*>(c.s_scratch + 2 * TW_MAX_T * 8);
-    float* score = c.s_scratch + 2 * TW_MAX_T * 8 + e;   // sigmoid scores [t][e], computed once
-    for (int i = threadIdx.x; i < e; i += TW_THREADS) used[i] = 0;
+    float* biasf = c.s_scratch + 2 * TW_MAX_T * 8 + e;   // the choice bias [e], read once
+    float* score = biasf + e;                            // sigmoid scores [t][e], computed once
+    // (The runtime checks that 2 * 16 * 8 + 2e + t * e floats fit TW_SCRATCH_FLOATS.)
+    for (int i = threadIdx.x; i < e; i += TW_THREADS) {
+        used[i] = 0;
+        biasf[i] = tw_bf16(bias[i]);
+    }
     for (int i = threadIdx.x; i < t * e; i += TW_THREADS) score[i] = 1.f / (1.f + expf(-tw_ld(logits + i)));
     tw_sync();
     const int w = tw_warp(), lane = tw_lane();
@@ -30,7 +35,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
             int arg = 0x7fffffff;
             for (int x = lane; x < e; x += 32) {
                 if ((taken >> (x >> 5)) & 1u) continue;
-                const float ch = score[r * e + x] + tw_bf16(bias[x]);
+                const float ch = score[r * e + x] + biasf[x];   // shared memory only: k passes
                 if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
             }
             tw_warp_argmax(best, arg);

@@ -4,6 +4,18 @@
 #pragma once
 #include "core/context.cuh"
 
+// Row r's token from n_tiles tiles of (max, argmax as float) rows [tile][t][2]: the lowest
+// id among the tiles' equal maxima, which is what one argmax over the whole row gives.
+// Shared with ARGMAX_ROWS.
+__device__ __forceinline__ int tw_tile_argmax(const float* best, int n_tiles, int t, int r) {
+    float bv = -INFINITY, bi = 3.0e38f;
+    for (int i = 0; i < n_tiles; ++i) {
+        const float v = tw_ld(best + (i * t + r) * 2), id = tw_ld(best + (i * t + r) * 2 + 1);
+        if (v > bv || (v == bv && id < bi)) { bv = v; bi = id; }
+    }
+    return (int)bi;
+}
+
 __device__ void tw_op_sample(const TwCtx& c, const int* a) {
     const int t = a[TW_SAMPLE_T], nt = a[TW_SAMPLE_N_TILES];
     const float* best = c.arena + a[TW_SAMPLE_BEST_OFF];
@@ -14,13 +26,9 @@ __device__ void tw_op_sample(const TwCtx& c, const int* a) {
         const int step = tw_ldi(state + TW_STATE_STEP);
         const int row = tok_off >= 0 ? step : 0;
         for (int r = 0; r < t; ++r) {
-            float bv = -INFINITY, bi = 3.0e38f;
-            for (int i = 0; i < nt; ++i) {
-                const float v = tw_ld(best + (i * t + r) * 2), id = tw_ld(best + (i * t + r) * 2 + 1);
-                if (v > bv || (v == bv && id < bi)) { bv = v; bi = id; }
-            }
-            c.arena_i[a[TW_SAMPLE_OUT_OFF] + row * t + r] = (int)bi;
-            if (tok_off >= 0) c.arena_i[tok_off + r] = (int)bi;
+            const int tok = tw_tile_argmax(best, nt, t, r);
+            c.arena_i[a[TW_SAMPLE_OUT_OFF] + row * t + r] = tok;
+            if (tok_off >= 0) c.arena_i[tok_off + r] = tok;
         }
         state[TW_STATE_POS] = tw_ldi(state + TW_STATE_POS) + t;
         state[TW_STATE_STEP] = step + 1;

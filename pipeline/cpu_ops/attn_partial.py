@@ -2,8 +2,9 @@
 head j of the group; row = t * group + j) write [max score, sum of exp, sum of exp * v].
 
 Global layers: chunk c covers positions [c * chunk_len, (c + 1) * chunk_len). SWA layers
-have one chunk: the window before the step plus the step itself. A chunk past the
-current length writes an empty partial (max -inf, sum 0)."""
+cut the window before the step plus the step itself (pos - window .. pos + t - 1) into
+chunks from its start: chunk c covers [start + c * chunk_len, start + (c + 1) * chunk_len).
+A chunk with no keys writes an empty partial (max -inf, sum 0)."""
 
 import torch
 
@@ -11,10 +12,9 @@ from .context import Ctx
 
 
 def key_range(window: int | None, chunk: int, chunk_len: int, pos: int, t: int) -> tuple[int, int]:
-    end = pos + t
-    if window is None:
-        return chunk * chunk_len, min((chunk + 1) * chunk_len, end)
-    return max(0, pos - window), end
+    start = 0 if window is None else max(0, pos - window)
+    lo = start + chunk * chunk_len
+    return lo, min(lo + chunk_len, pos + t)
 
 
 def write_empty(out: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ from ..config import BYTES_PER, ceil_div
 from ..kv_cache import layer_slots
 from .ir import KV, At, Buffer, Cost, Graph, Ld
 from .ops import Op, partial_row_words, slot_table_fields, slot_table_words
-from .tiling import TilePolicy, attention_chunk
+from .tiling import TilePolicy, attention_chunk, swa_chunks
 
 BF16 = BYTES_PER["bf16"]
 FP4 = BYTES_PER["mxfp4"]
@@ -70,8 +70,11 @@ def attention_block(g: Graph, layer: int, x: Buffer, state: Buffer, pol: TilePol
         chunk = attention_chunk(g.capacity, s.num_kv_heads, pol.workers)
         n_chunks = ceil_div(g.capacity, chunk)
     else:
-        chunk = layer_slots(cfg, layer, g.capacity)   # one chunk: the whole window
-        n_chunks = 1
+        # The window plus the step (at most window + MAX_STEP_TOKENS keys), cut so that a
+        # layer's attention spreads over more SMs than its few kv heads.
+        keys = layer_slots(cfg, layer, g.capacity)
+        n_chunks = swa_chunks(keys, s.num_kv_heads, pol)
+        chunk = ceil_div(keys, n_chunks)
     rows = t * grp
     part = g.buffer(f"{p}.part", s.num_kv_heads * n_chunks * rows, partial_row_words(vd))
     for h in range(s.num_kv_heads):

@@ -14,6 +14,7 @@ class TilePolicy:
     min_task_bytes: int = 24 << 10   # below this a task is mostly overhead
     row_align: int = 8               # output rows per tile are a multiple of this
     max_tiles: int = 4096
+    swa_min_chunk: int = 32          # fewest keys per sliding-window attention chunk
 
     def tiles_for(self, total_bytes: float, rows: int, share: float = 1.0) -> int:
         """How many tiles to cut `rows` into. `share` is the fraction of the workers this
@@ -43,3 +44,11 @@ def attention_chunk(capacity: int, kv_heads: int, workers: int) -> int:
     while chunk < min(want, MAX_ATTENTION_CHUNK):
         chunk *= 2
     return chunk
+
+
+def swa_chunks(keys: int, kv_heads: int, pol: TilePolicy) -> int:
+    """Chunks per kv head for a sliding-window layer's `keys` (window + step slack): a
+    layer has only a few kv heads, so one chunk each would leave most SMs idle; as many
+    as keep each chunk at least `pol.swa_min_chunk` keys (below that a task is mostly its
+    fixed cost), within the workers."""
+    return max(1, min(keys // pol.swa_min_chunk, pol.workers // max(1, kv_heads)))

@@ -1,6 +1,16 @@
 """The megakernel on a Hopper GPU: greedy tokens equal the reference's over 128 steps
 (tiny and mimo-mini), verify-step logits equal the CPU executor's, and a never-signalled
-event ends the launch with a named DeviceTimeoutError instead of a hang."""
+event ends the launch with a named DeviceTimeoutError instead of a hang.
+
+Greedy equality is exact except at a near-tie: the megakernel and the reference sum in
+different orders (fp32 both), so where the reference's top two logits are closer than
+the two implementations' rounding differences, either token is right. At such a step the
+test takes the megakernel's own logits for it and checks they agree with the reference's
+everywhere within LOGIT_REL of max |logit| (then the flip can only be a near-tie: the
+gap is at most twice that difference); the chain then continues from the reference's
+token, so every one of the 128 steps is still compared. A real bug moves logits by far
+more than LOGIT_REL and fails.
+"""
 
 from __future__ import annotations
 
@@ -28,45 +38,90 @@ def workers() -> int:
     return torch.cuda.get_device_properties(0).multi_processor_count
 
 
-def reference_greedy(weights, capacity: int, n: int, device) -> list[int]:
+#: Largest difference between the megakernel's and the reference's logits, relative to
+#: max |logit|, accepted at a near-tie. K/V are rounded to bf16 in the cache, so a one-ulp
+#: fp32 difference can move a cached element by a bf16 step: the reference's own paths
+#: differ by up to 4.4e-4, and tests/pipeline/test_cpu_executor.py holds the CPU executor
+#: to the same 2e-3 (measured here on mimo-mini: 1.3e-4).
+LOGIT_REL = 2e-3
+#: Ties allowed in 128 steps before the test calls it a divergence.
+MAX_TIES = 2
+
+
+def reference_greedy(weights, capacity: int, n: int, device) -> tuple[list[int], list[torch.Tensor]]:
+    """Tokens 0..n-1 and, for each token i > 0, the logits that chose it."""
     ref = ReferenceModel(weights, capacity=capacity, device=device)
     tok = int(ref.prefill(PROMPT).logits[-1].argmax())
-    out = [tok]
+    out, logits = [tok], [None]
     for _ in range(n - 1):
-        tok = int(ref.decode(tok).logits[-1].argmax())
+        lg = ref.decode(tok).logits[-1].float()
+        tok = int(lg.argmax())
         out.append(tok)
-    return out
+        logits.append(lg)
+    return out, logits
 
 
-def megakernel_greedy(weights, capacity: int, n: int, device, steps_per_launch: int) -> list[int]:
+def tie_gap(logits: torch.Tensor, want: int, got: int) -> float:
+    return float((logits[want] - logits[got]) / logits.abs().max())
+
+
+def megakernel_follows_reference(weights, ref: list[int], ref_logits, capacity: int, device,
+                                 steps_per_launch: int) -> list[tuple[int, float]]:
+    """Chains of `steps_per_launch` (<= 16, the KV slack that makes rollback safe) greedy
+    steps from the reference's tokens; returns the (step, reference's lead) of every
+    near-tie, asserting each is one. Steps within a chain equal the reference until one."""
     from tilewarp.runtime.megakernel import MegakernelRunner
+    assert steps_per_launch <= 16
     prog = lower(schedule(build_decode_step(weights.cfg, capacity=capacity), DeviceModel(workers=workers())))
-    ref = ReferenceModel(weights, capacity=capacity, device=device)
-    tok = int(ref.prefill(PROMPT).logits[-1].argmax())
-    runner = MegakernelRunner(prog, weights, ref.cache)
-    out = [tok]
-    while len(out) < n:
-        out += runner.decode(out[-1], min(steps_per_launch, n - len(out)))
-    return out
-
-
-def first_mismatch(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), -1)
+    pre = ReferenceModel(weights, capacity=capacity, device=device)
+    assert int(pre.prefill(PROMPT).logits[-1].argmax()) == ref[0]
+    runner = MegakernelRunner(prog, weights, pre.cache)
+    base, i, ties = pre.cache.length, 0, []
+    while i < len(ref) - 1:
+        steps = min(steps_per_launch, len(ref) - 1 - i)
+        out = runner.decode(ref[i], steps)
+        bad = next((j for j, t in enumerate(out) if t != ref[i + 1 + j]), None)
+        if bad is None:
+            i += steps
+            continue
+        step = i + 1 + bad
+        # The megakernel's own logits for that step: back to the position that chose it.
+        pre.cache.length = base + step - 1
+        assert runner.decode(ref[step - 1], 1) == [out[bad]]
+        lg = ref_logits[step]
+        diff = float((runner.logits()[-1].float() - lg).abs().max() / lg.abs().max())
+        gap = tie_gap(lg, ref[step], out[bad])
+        assert diff <= LOGIT_REL, (f"step {step}: megakernel chose {out[bad]}, reference {ref[step]} (ahead by "
+                                   f"{gap:.2e}); the logits differ by {diff:.2e} of max |logit|: not a near-tie")
+        ties.append((step, gap))
+        pre.cache.length = base + step   # drop what the chain wrote past the tie, go on from the reference
+        i = step
+    assert len(ties) <= MAX_TIES, f"{len(ties)} ties in {len(ref)} steps: {ties}"
+    return ties
 
 
 def test_tiny_128_greedy_tokens_equal_the_reference(gpu):
     w = random_weights(preset("tiny"), 0)
-    ref = reference_greedy(w, 512, 128, gpu)
-    mk = megakernel_greedy(w, 512, 128, gpu, steps_per_launch=64)
-    assert mk == ref, f"first mismatch at step {first_mismatch(mk, ref)}"
+    ref, ref_logits = reference_greedy(w, 512, 128, gpu)
+    assert megakernel_follows_reference(w, ref, ref_logits, 512, gpu, steps_per_launch=16) == []
+
+
+def test_tiny_chains_64_steps_in_one_launch(gpu):
+    from tilewarp.runtime.megakernel import MegakernelRunner
+    w = random_weights(preset("tiny"), 0)
+    ref, _ = reference_greedy(w, 512, 65, gpu)
+    prog = lower(schedule(build_decode_step(w.cfg, capacity=512), DeviceModel(workers=workers())))
+    pre = ReferenceModel(w, capacity=512, device=gpu)
+    pre.prefill(PROMPT)
+    assert MegakernelRunner(prog, w, pre.cache).decode(ref[0], 64) == ref[1:]
 
 
 @pytest.mark.slow
 def test_mimo_mini_128_greedy_tokens_equal_the_reference(gpu):
     w = random_weights(preset("mimo-mini"), 0)
-    ref = reference_greedy(w, 4096, 128, gpu)
-    mk = megakernel_greedy(w, 4096, 128, gpu, steps_per_launch=128)
-    assert mk == ref, f"first mismatch at step {first_mismatch(mk, ref)}"
+    ref, ref_logits = reference_greedy(w, 4096, 128, gpu)
+    ties = megakernel_follows_reference(w, ref, ref_logits, 4096, gpu, steps_per_launch=16)
+    print(f"mimo-mini: {len(ties)} tie(s) in 128 greedy steps: {ties}")
 
 
 def test_verify_step_logits_equal_the_cpu_executor(gpu):

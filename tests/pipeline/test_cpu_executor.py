@@ -19,6 +19,7 @@ from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.cpu_ops.context import Ctx
 from tilewarp.pipeline.errors import GraphError, InputError
 from tilewarp.pipeline.graph.step import build_step
+from tilewarp.pipeline.graph.tiling import TilePolicy
 from tilewarp.pipeline.kv_cache import MAX_STEP_TOKENS, KVCache
 from tilewarp.pipeline.lower import Program, lower
 from tilewarp.pipeline.presets import preset
@@ -95,6 +96,17 @@ def test_greedy_tokens_equal_the_reference_in_four_launches_of_16(decode_program
         tok = out[-1]
     assert got == want
     assert ex.steps_done == STEPS
+
+
+def test_sliding_window_attention_cut_into_chunks_gives_the_same_tokens(model):
+    # tiny's 24-key window ring in 3 chunks of 8 (mimo-mini's 144 keys go in 4 of 36).
+    g = build_step(CFG, 1, kind="decode", capacity=CAP, policy=TilePolicy(swa_min_chunk=8))
+    swa_layer = next(i for i in range(CFG.num_layers) if CFG.attn(i).window is not None)
+    assert sum(t.stage == f"L{swa_layer}.attn" for t in g.tasks) == 3 * CFG.swa_attn.num_kv_heads
+    w, first, want, last_logits = model
+    ex = CpuExecutor(lower(schedule(g)), w, prefilled_cache(w))
+    assert ex.decode(first, STEPS, seed=7) == want
+    assert relative_error(ex.logits()[0], last_logits) < LOGIT_RTOL
 
 
 def test_in_order_execution_gives_the_same_tokens(decode_program, model):

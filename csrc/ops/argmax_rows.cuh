@@ -1,0 +1,12 @@
+// ARGMAX_ROWS: the greedy token of each row from the LM_HEAD tiles' maxima (lowest id among
+// equal maxima, as SAMPLE reduces them), as int32 at out_off; the step state is left alone
+// (the draft's proposals, the target's choices before ACCEPT).
+#pragma once
+#include "ops/sample.cuh"
+
+__device__ void tw_op_argmax_rows(const TwCtx& c, const int* a) {
+    const int t = a[TW_ARGMAX_ROWS_T];
+    if (threadIdx.x < t)
+        c.arena_i[a[TW_ARGMAX_ROWS_OUT_OFF] + threadIdx.x] =
+            tw_tile_argmax(c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t, threadIdx.x);
+}

@@ -1,0 +1,132 @@
+"""DFlash programs in the resident megakernel: the draft step and the chained "dflash" step.
+
+`MegakernelDFlashRunner` is a `MegakernelRunner` that also uploads the drafter: its
+weights join the weight table under the program's `D*` names (`weight_table`), and its
+context cache (a `DraftKVCache` on the GPU, filled by the PyTorch prefill through
+`DraftModel.append_context`) joins the layer table as ids `num_layers + i`, with the
+drafter's shapes and value scale, so the draft ops (DRAFT_ROPE_KV, DRAFT_ATTN) and the
+shared ones (LINEAR, ATTN_MERGE, LM_HEAD) read the draft layers as the CPU executor does.
+
+`dflash(anchor, steps, ...)` has the CPU executor's signature and semantics
+(`pipeline.cpu_exec.CpuExecutor.dflash`, the `program_loop.DFlashExecutor` protocol):
+`steps` whole DFlash steps (draft, verify, acceptance) in one launch, the committed tokens
+of each step returned, both caches ending at the new position. `MegakernelDFlashBackend`
+is the Engine backend over it, the `cpu_backend.CpuDFlashBackend` loop on the GPU runner.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from tilewarp.pipeline.config import ModelConfig
+from tilewarp.pipeline.cpu_exec import _check_drafter
+from tilewarp.pipeline.dflash.draft_model import DraftModel
+from tilewarp.pipeline.dflash.kv_cache import DraftKVCache
+from tilewarp.pipeline.dflash.weights import DraftWeights
+from tilewarp.pipeline.errors import DeviceError, InputError
+from tilewarp.pipeline.graph.dflash_step import build_dflash_step
+from tilewarp.pipeline.graph.ops import STATE_POS
+from tilewarp.pipeline.kv_cache import KVCache
+from tilewarp.pipeline.lower import Program, lower
+from tilewarp.pipeline.reference import ReferenceModel
+from tilewarp.pipeline.schedule import DeviceModel, schedule
+from tilewarp.pipeline.weight_table import weight_table
+from tilewarp.pipeline.weights import Weights
+
+from .abi import LAYER_DTYPE
+from .cpu_backend import DFlashProgramBackend
+from .megakernel import MegakernelRunner
+
+
+def draft_layer_table(cache: DraftKVCache) -> np.ndarray:
+    """The drafter's rows of the layer table (ids num_layers + i): cache, shapes, value scale."""
+    d = cache.cfg
+    t = np.zeros(d.num_layers, dtype=LAYER_DTYPE)
+    for i in range(d.num_layers):
+        t[i] = (cache.k[i].data_ptr(), cache.v[i].data_ptr(), cache.slots, d.num_kv_heads, d.num_heads, d.head_dim,
+                d.head_dim, d.rotary_dim, -1 if d.window is None else d.window, d.value_scale)
+    return t
+
+
+class MegakernelDFlashRunner(MegakernelRunner):
+    """Runs draft and dflash programs (verify programs with exported hidden states run in
+    the plain `MegakernelRunner`). Both caches live on the GPU."""
+
+    def __init__(self, program: Program, weights: Weights, cache: KVCache, *, draft_weights: DraftWeights,
+                 draft_cache: DraftKVCache, **kw):
+        self.draft_weights = draft_weights
+        self.draft_cache = draft_cache
+        super().__init__(program, weights, cache, **kw)
+
+    # ------------------------------------------------------------ tables
+    def _check_drafter(self, program: Program) -> None:
+        _check_drafter(program, self.draft_weights, self.draft_cache)
+        if self.draft_cache.k[0].device.type != "cuda":
+            raise DeviceError("the drafter's context cache must live on the GPU (build the DraftModel with "
+                              "device='cuda')")
+
+    def _weight_entries(self, program: Program, weights: Weights) -> list[dict[str, torch.Tensor]]:
+        return weight_table(program.weights, weights, self.draft_weights)
+
+    def _layer_rows(self, cfg: ModelConfig, cache: KVCache) -> np.ndarray:
+        base = int(self.p.meta["draft_kv_base"]) if "draft_kv_base" in self.p.meta else cfg.num_layers
+        assert base == cfg.num_layers, "draft layers follow the target's in the layer table"
+        return np.concatenate([super()._layer_rows(cfg, cache), draft_layer_table(self.draft_cache)])
+
+    # ------------------------------------------------------------ steps
+    def draft(self, anchor: int) -> tuple[torch.Tensor, list[int]]:
+        """One draft pass anchored at the drafter's context length; returns (proposal logits
+        [B-1, V], proposals d_1..d_{B-1}). The context length does not move."""
+        self._check_kind("draft", "draft")
+        dc = self.draft_cache
+        pos = dc.length
+        dc.check_room(self.p.tokens)
+        self._begin([anchor], pos)
+        self.launch(1)
+        dc.mark_written(pos, pos + self.p.tokens)   # the block's K/V went to positions pos..
+        return self.floats("draft_logits"), self.ints("tokens")[0, 1:].tolist()
+
+    def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
+               temperature: float = 0.0, sample_seed: int = 0) -> list[list[int]]:
+        """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
+        neither cache); returns the tokens each step committed (1..B each; the last one is
+        the next anchor). Both caches end at the new position. At `temperature` > 0 the
+        target's choices are counter-based samples (`counter_rng`) and acceptance is
+        lossless for the argmax drafter. `seed` and `order` pick the CPU executor's worker
+        interleavings; the GPU has its own, so they are accepted and ignored."""
+        self._check_kind("dflash", "dflash")
+        if not 1 <= steps <= self._out.rows:
+            raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
+        dc, pos, b = self.draft_cache, self.cache.length, self.p.tokens
+        if dc.length != pos:
+            raise InputError(f"the drafter holds {dc.length} context tokens but the target cache {pos}")
+        self.cache.check_room(steps * b)   # a step writes B positions and may commit all of them
+        self._begin([anchor], pos, temperature, sample_seed)
+        self.launch(steps)
+        rows = self.ints("out_tokens")[:steps]
+        committed = [row[1:1 + int(row[0])].tolist() for row in rows]
+        end = int(self.arena.view(torch.int32)[self._state + STATE_POS])
+        if end != pos + sum(map(len, committed)):
+            raise DeviceError(f"ACCEPT's position {end} and its out rows ({sum(map(len, committed))} tokens from "
+                              f"{pos}) disagree")
+        dc.mark_written(pos, end - len(committed[-1]) + b)
+        self.cache.length = dc.length = end
+        return committed
+
+
+class MegakernelDFlashBackend(DFlashProgramBackend):
+    """Engine backend: DFlash through the chained dflash program in the megakernel, up to
+    `steps_per_launch` whole steps per launch; the PyTorch reference prefills both caches
+    on the GPU (contract 7)."""
+
+    def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16,
+                 workers: int | None = None):
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
+        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity),
+                                 DeviceModel(workers=workers or sms)))
+        runner = MegakernelDFlashRunner(program, weights, target.cache, draft_weights=draft.weights,
+                                        draft_cache=draft.cache)
+        super().__init__(runner, target, draft, steps_per_launch=steps_per_launch)
