@@ -40,18 +40,21 @@
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
 __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
+    // GEMV ops decode into a TwGemv and share one executor (core/gemv_task.cuh).
+    TwGemv g;
+    bool gemv = false;
     switch (op) {
+        case TW_OP_LINEAR: g = tw_gemv_linear(c, a); gemv = true; break;
+        case TW_OP_LINEAR_SWIGLU: g = tw_gemv_linear_swiglu(c, a); gemv = true; break;
+        case TW_OP_LM_HEAD: g = tw_gemv_lm_head(c, a); gemv = true; break;
+        case TW_OP_EXPERT_UP: gemv = tw_gemv_expert_up(c, a, g); break;
+        case TW_OP_EXPERT_DOWN: gemv = tw_gemv_expert_down(c, a, g); break;
         case TW_OP_EMBED: tw_op_embed(c, a); break;
-        case TW_OP_LINEAR: tw_op_linear(c, a); break;
-        case TW_OP_LINEAR_SWIGLU: tw_op_linear_swiglu(c, a); break;
         case TW_OP_ROPE_KV: tw_op_rope_kv(c, a); break;
         case TW_OP_ATTN_PARTIAL: tw_op_attn_partial(c, a); break;
         case TW_OP_ATTN_MERGE: tw_op_attn_merge(c, a); break;
         case TW_OP_ROUTE: tw_op_route(c, a); break;
-        case TW_OP_EXPERT_UP: tw_op_expert_up(c, a); break;
-        case TW_OP_EXPERT_DOWN: tw_op_expert_down(c, a); break;
         case TW_OP_MOE_COMBINE: tw_op_moe_combine(c, a); break;
-        case TW_OP_LM_HEAD: tw_op_lm_head(c, a); break;
         case TW_OP_SAMPLE: tw_op_sample(c, a); break;
         case TW_OP_DRAFT_EMBED: tw_op_draft_embed(c, a); break;
         case TW_OP_DRAFT_ROPE_KV: tw_op_draft_rope_kv(c, a); break;
@@ -60,6 +63,11 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
         case TW_OP_ARGMAX_ROWS: tw_op_argmax_rows(c, a); break;
         case TW_OP_ACCEPT: tw_op_accept(c, a); break;
         default: break;
+    }
+    if (gemv) tw_gemv_run(c, g);
+    if (op == TW_OP_LM_HEAD) {
+        tw_sync();
+        tw_lm_head_argmax(c, a);
     }
 }
 

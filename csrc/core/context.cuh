@@ -28,11 +28,3 @@ struct TwCtx {
     __device__ const __nv_bfloat16* vec_or_null(int wid) const { return wid >= 0 ? bf16(wid) : nullptr; }
     __device__ int pos(int state_off) const { return tw_ldi(arena_i + state_off + TW_STATE_POS); }
 };
-
-// Rows 0..n-1 of the arena matrix at x_off (stride ld) as GEMV input.
-__device__ __forceinline__ TwRows tw_dense_rows(const TwCtx& c, int x_off, int ld, int n, int k, int w_norm) {
-    if (threadIdx.x < n) c.s_tok[threadIdx.x] = threadIdx.x;
-    tw_sync();
-    return tw_load_rows(c.arena + x_off, ld, c.s_tok, n, k, c.vec_or_null(w_norm), c.p->rms_eps, c.s_inv,
-                        c.s_stage);
-}

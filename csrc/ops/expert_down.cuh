@@ -1,19 +1,29 @@
-// EXPERT_DOWN: for the tokens of one slot, y[:, n0:n1] = act @ Wd[n0:n1]^T (MXFP4).
+// EXPERT_DOWN: for the tokens of one slot, y[:, n0:n1] = act @ Wd[n0:n1]^T (MXFP4), on the
+// shared GEMV executor (core/gemv_task.cuh).
 #pragma once
-#include "ops/gemv_mxfp4.cuh"
+#include "core/gemv_task.cuh"
 #include "ops/slots.cuh"
 
-__device__ void tw_op_expert_down(const TwCtx& c, const int* a) {
+// False for an unused slot (the task does nothing).
+__device__ __forceinline__ bool tw_gemv_expert_down(const TwCtx& c, const int* a, TwGemv& g) {
     const int t = a[TW_EXPERT_DOWN_T], k = a[TW_EXPERT_DOWN_K];
     int expert, count;
-    if (!tw_slot_tokens(c, a[TW_EXPERT_DOWN_TABLE_OFF], a[TW_EXPERT_DOWN_SLOT], t, &expert, &count)) return;
-    const TwRows x = tw_load_rows(c.arena + a[TW_EXPERT_DOWN_ACT_OFF], a[TW_EXPERT_DOWN_ACT_LD], c.s_tok, count, k,
-                                  nullptr, 0.f, c.s_inv, c.s_stage);
+    if (!tw_slot_tokens(c, a[TW_EXPERT_DOWN_TABLE_OFF], a[TW_EXPERT_DOWN_SLOT], t, &expert, &count)) return false;
     const TwFp4Matrix d = tw_expert_matrix(c.wt[a[TW_EXPERT_DOWN_W]], expert, k);
-    float* y = c.arena + a[TW_EXPERT_DOWN_Y_OFF];
-    const int ld = a[TW_EXPERT_DOWN_Y_LD];
-    tw_gemv_mxfp4_tile(x, d.codes, d.scales, k, a[TW_EXPERT_DOWN_N0], a[TW_EXPERT_DOWN_N1],
-                       [&](int n, int r, float v) { y[c.s_tok[r] * ld + n] = v; });
+    g = TwGemv{};
+    g.x = c.arena + a[TW_EXPERT_DOWN_ACT_OFF];
+    g.x_ld = a[TW_EXPERT_DOWN_ACT_LD];
+    g.n = count;
+    g.k = k;
+    g.fmt = TW_FMT_MXFP4;
+    g.w = d.codes;
+    g.w_scales = d.scales;
+    g.n0 = a[TW_EXPERT_DOWN_N0];
+    g.n1 = a[TW_EXPERT_DOWN_N1];
+    g.out = c.arena + a[TW_EXPERT_DOWN_Y_OFF];
+    g.out_ld = a[TW_EXPERT_DOWN_Y_LD];
+    g.scatter = true;
+    return true;
 }
 
 // Once the routing is known: rows n0:n1 of the slot's expert.

@@ -1,32 +1,33 @@
 // EXPERT_UP: for the tokens of one slot, act = silu(x Wg^T) * (x Wu^T) on rows n0:n1 of the
-// slot's expert (MXFP4). An unused slot does nothing.
+// slot's expert (MXFP4), on the shared GEMV executor (core/gemv_task.cuh, gated mode).
 #pragma once
-#include "ops/gemv_mxfp4.cuh"
+#include "core/gemv_task.cuh"
 #include "ops/slots.cuh"
 
-__device__ void tw_op_expert_up(const TwCtx& c, const int* a) {
+// False for an unused slot (the task does nothing).
+__device__ __forceinline__ bool tw_gemv_expert_up(const TwCtx& c, const int* a, TwGemv& g) {
     const int t = a[TW_EXPERT_UP_T], k = a[TW_EXPERT_UP_K];
     int expert, count;
-    if (!tw_slot_tokens(c, a[TW_EXPERT_UP_TABLE_OFF], a[TW_EXPERT_UP_SLOT], t, &expert, &count)) return;
-    const TwRows x = tw_load_rows(c.arena + a[TW_EXPERT_UP_X_OFF], a[TW_EXPERT_UP_X_LD], c.s_tok, count, k,
-                                  c.vec_or_null(a[TW_EXPERT_UP_W_NORM]), c.p->rms_eps, c.s_inv, c.s_stage);
-    const TwFp4Matrix g = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W]], expert, k);
-    const TwFp4Matrix u = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
-    float* act = c.arena + a[TW_EXPERT_UP_ACT_OFF];
-    const int ld = a[TW_EXPERT_UP_ACT_LD];
-    // A group is the gate row and the up row of output n, streamed together.
-    tw_gemv_walk<TwFp4Core>(
-        x, a[TW_EXPERT_UP_N0] + tw_warp(), a[TW_EXPERT_UP_N1], TW_WARPS,
-        [&](int n) {
-            return TwFp4Core::Ptrs{{g.codes + (long long)n * (k / 2), u.codes + (long long)n * (k / 2)},
-                                   {g.scales + (long long)n * (k / 32), u.scales + (long long)n * (k / 32)}};
-        },
-        [&](int n, const float (&acc)[2][TW_MAX_T]) {
-            if (tw_lane() != 0) return;
-#pragma unroll
-            for (int r = 0; r < TW_MAX_T; ++r)
-                if (r < count) act[c.s_tok[r] * ld + n] = tw_silu(acc[0][r]) * acc[1][r];
-        });
+    if (!tw_slot_tokens(c, a[TW_EXPERT_UP_TABLE_OFF], a[TW_EXPERT_UP_SLOT], t, &expert, &count)) return false;
+    const TwFp4Matrix gm = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W]], expert, k);
+    const TwFp4Matrix um = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
+    g = TwGemv{};
+    g.x = c.arena + a[TW_EXPERT_UP_X_OFF];
+    g.x_ld = a[TW_EXPERT_UP_X_LD];
+    g.n = count;
+    g.k = k;
+    g.norm = c.vec_or_null(a[TW_EXPERT_UP_W_NORM]);
+    g.fmt = TW_FMT_MXFP4;
+    g.w = gm.codes;
+    g.w_scales = gm.scales;
+    g.w2 = um.codes;
+    g.w2_scales = um.scales;
+    g.n0 = a[TW_EXPERT_UP_N0];
+    g.n1 = a[TW_EXPERT_UP_N1];
+    g.out = c.arena + a[TW_EXPERT_UP_ACT_OFF];
+    g.out_ld = a[TW_EXPERT_UP_ACT_LD];
+    g.scatter = true;
+    return true;
 }
 
 // Once the routing is known: the gate and up rows n0:n1 of the slot's expert.

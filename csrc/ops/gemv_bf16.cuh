@@ -64,28 +64,6 @@ struct TwBf16Core {
     }
 };
 
-// Output rows n0..n1 of W [N, k] against the input rows, two rows per warp group;
-// `store(n, r, v)` is called (by lane 0) with output row n, input row r and the dot product.
-template <class Store>
-__device__ __forceinline__ void tw_gemv_bf16_tile(const TwRows& x, const __nv_bfloat16* w, int k, int n0, int n1,
-                                                  Store store) {
-    tw_gemv_walk<TwBf16Core>(
-        x, n0 + 2 * tw_warp(), n1, 2 * TW_WARPS,
-        [&](int n) {
-            return TwBf16Core::Ptrs{{w + (long long)n * k, n + 1 < n1 ? w + (long long)(n + 1) * k : nullptr}};
-        },
-        [&](int n, const float (&acc)[2][TW_MAX_T]) {
-            if (tw_lane() != 0) return;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                if (n + i >= n1) break;
-#pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r)
-                    if (r < x.n) store(n + i, r, acc[i][r]);
-            }
-        });
-}
-
 // Prefetch rows n0..n1 of W [N, k] (bf16, row-major: one contiguous range).
 __device__ __forceinline__ void tw_prefetch_rows_bf16(TwPrefetch& pf, const __nv_bfloat16* w, int k, int n0, int n1) {
     pf.range(w + (long long)n0 * k, (unsigned long long)(n1 - n0) * k * 2);

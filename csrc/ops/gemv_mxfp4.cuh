@@ -93,30 +93,6 @@ struct TwFp4Core {
     }
 };
 
-// Output rows n0..n1 of one expert's weight (codes [N, k/2], scales [N, k/32]) against the
-// input rows, two rows per warp group; `store(n, r, v)` as in tw_gemv_bf16_tile.
-template <class Store>
-__device__ __forceinline__ void tw_gemv_mxfp4_tile(const TwRows& x, const unsigned char* codes,
-                                                   const unsigned char* scales, int k, int n0, int n1, Store store) {
-    tw_gemv_walk<TwFp4Core>(
-        x, n0 + 2 * tw_warp(), n1, 2 * TW_WARPS,
-        [&](int n) {
-            const bool two = n + 1 < n1;
-            return TwFp4Core::Ptrs{{codes + (long long)n * (k / 2), two ? codes + (long long)(n + 1) * (k / 2) : nullptr},
-                                   {scales + (long long)n * (k / 32), two ? scales + (long long)(n + 1) * (k / 32) : nullptr}};
-        },
-        [&](int n, const float (&acc)[2][TW_MAX_T]) {
-            if (tw_lane() != 0) return;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                if (n + i >= n1) break;
-#pragma unroll
-                for (int r = 0; r < TW_MAX_T; ++r)
-                    if (r < x.n) store(n + i, r, acc[i][r]);
-            }
-        });
-}
-
 // Prefetch rows n0..n1 of one expert's MXFP4 weight: its codes, then its scales.
 __device__ __forceinline__ void tw_prefetch_rows_mxfp4(TwPrefetch& pf, const unsigned char* codes,
                                                       const unsigned char* scales, int k, int n0, int n1) {

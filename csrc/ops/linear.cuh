@@ -1,17 +1,25 @@
 // LINEAR: out[t, n0:n1] = norm?(x)[t] @ W[n0:n1]^T (+ resid[t, n0:n1]); bf16 weights.
+// Runs on the shared GEMV executor (core/gemv_task.cuh): this file decodes the descriptor.
 #pragma once
-#include "ops/gemv_bf16.cuh"
+#include "core/gemv_task.cuh"
 
-__device__ void tw_op_linear(const TwCtx& c, const int* a) {
-    const int t = a[TW_LINEAR_T], k = a[TW_LINEAR_K], n1 = a[TW_LINEAR_N1];
-    const TwRows x = tw_dense_rows(c, a[TW_LINEAR_X_OFF], a[TW_LINEAR_X_LD], t, k, a[TW_LINEAR_W_NORM]);
-    const int resid = a[TW_LINEAR_RESID_OFF], resid_ld = a[TW_LINEAR_RESID_LD];
-    float* out = c.arena + a[TW_LINEAR_OUT_OFF];
-    const int out_ld = a[TW_LINEAR_OUT_LD];
-    tw_gemv_bf16_tile(x, c.bf16(a[TW_LINEAR_W]), k, a[TW_LINEAR_N0], n1, [&](int n, int r, float v) {
-        if (resid >= 0) v += tw_ld(c.arena + resid + r * resid_ld + n);
-        out[r * out_ld + n] = v;
-    });
+__device__ __forceinline__ TwGemv tw_gemv_linear(const TwCtx& c, const int* a) {
+    tw_dense_tokens(c, a[TW_LINEAR_T]);
+    TwGemv g{};
+    g.x = c.arena + a[TW_LINEAR_X_OFF];
+    g.x_ld = a[TW_LINEAR_X_LD];
+    g.n = a[TW_LINEAR_T];
+    g.k = a[TW_LINEAR_K];
+    g.norm = c.vec_or_null(a[TW_LINEAR_W_NORM]);
+    g.fmt = TW_FMT_BF16;
+    g.w = c.bf16(a[TW_LINEAR_W]);
+    g.n0 = a[TW_LINEAR_N0];
+    g.n1 = a[TW_LINEAR_N1];
+    g.out = c.arena + a[TW_LINEAR_OUT_OFF];
+    g.out_ld = a[TW_LINEAR_OUT_LD];
+    g.resid = a[TW_LINEAR_RESID_OFF] >= 0 ? c.arena + a[TW_LINEAR_RESID_OFF] : nullptr;
+    g.resid_ld = a[TW_LINEAR_RESID_LD];
+    return g;
 }
 
 __device__ void tw_prefetch_linear(const TwCtx& c, const int* a, TwPrefetch& pf) {

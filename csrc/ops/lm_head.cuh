@@ -4,18 +4,31 @@
 // scores logits * inv_temp + Gumbel(seed, pos + 1 + row, token) (core/counter_rng.cuh);
 // the logits are written unperturbed.
 #pragma once
-#include "ops/gemv_bf16.cuh"
+#include "core/gemv_task.cuh"
 #include "core/counter_rng.cuh"
 
-__device__ void tw_op_lm_head(const TwCtx& c, const int* a) {
-    const int t = a[TW_LM_HEAD_T], k = a[TW_LM_HEAD_K];
-    const TwRows x = tw_dense_rows(c, a[TW_LM_HEAD_X_OFF], a[TW_LM_HEAD_X_LD], t, k, a[TW_LM_HEAD_W_NORM]);
-    const __nv_bfloat16* w = c.bf16(a[TW_LM_HEAD_W]);
-    const int n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
-    float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
+__device__ __forceinline__ TwGemv tw_gemv_lm_head(const TwCtx& c, const int* a) {
+    tw_dense_tokens(c, a[TW_LM_HEAD_T]);
+    TwGemv g{};
+    g.x = c.arena + a[TW_LM_HEAD_X_OFF];
+    g.x_ld = a[TW_LM_HEAD_X_LD];
+    g.n = a[TW_LM_HEAD_T];
+    g.k = a[TW_LM_HEAD_K];
+    g.norm = c.vec_or_null(a[TW_LM_HEAD_W_NORM]);
+    g.fmt = TW_FMT_BF16;
+    g.w = c.bf16(a[TW_LM_HEAD_W]);
+    g.n0 = a[TW_LM_HEAD_N0];
+    g.n1 = a[TW_LM_HEAD_N1];
+    g.out = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
+    g.out_ld = a[TW_LM_HEAD_LOGITS_LD];
+    return g;
+}
+
+// After the GEMV (and a barrier): the tile's (max, first argmax) per row.
+__device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
+    const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
+    const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
-    tw_gemv_bf16_tile(x, w, k, n0, n1, [&](int n, int r, float v) { logits[r * ld + n] = v; });
-    tw_sync();
     const int* state = a[TW_LM_HEAD_STATE_OFF] >= 0 ? c.arena_i + a[TW_LM_HEAD_STATE_OFF] : nullptr;
     const float inv_temp = state ? __int_as_float(tw_ldi(state + TW_STATE_INV_TEMP)) : 0.f;
     // Tile max / argmax: a warp per row.

@@ -1,0 +1,99 @@
+// One GEMV executor for every GEMV op (LINEAR, LINEAR_SWIGLU, LM_HEAD, EXPERT_UP, EXPERT_DOWN).
+//
+// Each op's file only decodes its descriptor into a TwGemv (input rows, weight rows, the
+// epilogue); the dispatcher then runs the single inlined copy of the walk below for bf16
+// or MXFP4 weights. Why one copy: a resident kernel switches ops every few microseconds,
+// and five inlined walks (~30 KB of SASS each) overflow the SM's instruction cache, so
+// every task began with a cold fetch of its code from L2 (~10 us measured as fixed cost
+// per task). Shared, the hot loops stay warm from one GEMV task to the next.
+#pragma once
+#include "core/context.cuh"
+#include "ops/gemv_bf16.cuh"
+#include "ops/gemv_mxfp4.cuh"
+
+enum TwWeightFormat { TW_FMT_BF16 = 0, TW_FMT_MXFP4 = 1 };
+
+struct TwGemv {
+    // Input rows: src rows s_tok[0..n) (the decoder fills s_tok), k floats, fused RMSNorm.
+    const float* x;
+    int x_ld, n, k;
+    const __nv_bfloat16* norm;        // nullptr: no norm
+    // Weights: a bf16 matrix [N, k], or an MXFP4 one (codes [N, k/2], scales [N, k/32]).
+    int fmt;
+    const void* w;
+    const unsigned char* w_scales;
+    const void* w2;                   // gated: the up matrix (w is the gate), else nullptr
+    const unsigned char* w2_scales;
+    int n0, n1;                       // output rows
+    // Epilogue: out[row(r) * out_ld + n] = v (+ resid[r * resid_ld + n]), row(r) = s_tok[r]
+    // when scatter, else r; gated: v = silu(gate) * up.
+    float* out;
+    int out_ld;
+    const float* resid;
+    int resid_ld;
+    bool scatter;
+};
+
+// Row pointers of a group: rows n and n + 1 of w, or (gated) row n of w and of w2.
+template <class Core>
+__device__ __forceinline__ typename Core::Ptrs tw_gemv_group(const TwGemv& g, int n);
+
+template <>
+__device__ __forceinline__ TwBf16Core::Ptrs tw_gemv_group<TwBf16Core>(const TwGemv& g, int n) {
+    const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(g.w);
+    if (g.w2) return {{w + (long long)n * g.k, static_cast<const __nv_bfloat16*>(g.w2) + (long long)n * g.k}};
+    return {{w + (long long)n * g.k, n + 1 < g.n1 ? w + (long long)(n + 1) * g.k : nullptr}};
+}
+
+template <>
+__device__ __forceinline__ TwFp4Core::Ptrs tw_gemv_group<TwFp4Core>(const TwGemv& g, int n) {
+    const long long cb = g.k / 2, sb = g.k / 32;
+    const unsigned char* w = static_cast<const unsigned char*>(g.w);
+    if (g.w2)
+        return {{w + n * cb, static_cast<const unsigned char*>(g.w2) + n * cb}, {g.w_scales + n * sb, g.w2_scales + n * sb}};
+    const bool two = n + 1 < g.n1;
+    return {{w + n * cb, two ? w + (n + 1) * cb : nullptr}, {g.w_scales + n * sb, two ? g.w_scales + (n + 1) * sb : nullptr}};
+}
+
+template <class Core>
+__device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g, const TwRows& x) {
+    const bool gated = g.w2 != nullptr;
+    // Gated: a warp group is one output (gate and up rows); else two outputs.
+    const int per = gated ? 1 : 2;
+    tw_gemv_walk<Core>(
+        x, g.n0 + per * tw_warp(), g.n1, per * TW_WARPS, [&](int n) { return tw_gemv_group<Core>(g, n); },
+        [&](int n, const float (&acc)[2][TW_MAX_T]) {
+            if (tw_lane() != 0) return;
+#pragma unroll
+            for (int r = 0; r < TW_MAX_T; ++r) {
+                if (r >= x.n) break;
+                float* o = g.out + (long long)(g.scatter ? c.s_tok[r] : r) * g.out_ld;
+                if (gated) {
+                    o[n] = tw_silu(acc[0][r]) * acc[1][r];
+                    continue;
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    if (n + i >= g.n1) break;
+                    float v = acc[i][r];
+                    if (g.resid) v += tw_ld(g.resid + (long long)r * g.resid_ld + n + i);
+                    o[n + i] = v;
+                }
+            }
+        });
+}
+
+// All compute threads; s_tok holds the input rows' source indices.
+__device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
+    const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage);
+    if (g.fmt == TW_FMT_MXFP4)
+        tw_gemv_run_core<TwFp4Core>(c, g, x);
+    else
+        tw_gemv_run_core<TwBf16Core>(c, g, x);
+}
+
+// Dense input rows 0..n-1 (tokens in order): s_tok = identity.
+__device__ __forceinline__ void tw_dense_tokens(const TwCtx& c, int n) {
+    if (threadIdx.x < n) c.s_tok[threadIdx.x] = threadIdx.x;
+    tw_sync();
+}
