@@ -19,7 +19,7 @@ from tilewarp.pipeline.random_model import random_weights
 from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.schedule import DeviceModel, schedule
 from tilewarp.runtime.megakernel import MegakernelRunner
-from tilewarp.runtime.trace import op_summary, write_trace
+from tilewarp.runtime.trace import op_summary, stage_floor_summary, write_trace
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -48,7 +48,8 @@ def main() -> None:
     w = random_weights(cfg, 0)
     print(f"random weights: {time.time() - t0:.1f} s")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    prog = lower(schedule(build_decode_step(cfg, capacity=args.context), DeviceModel(workers=sms)))
+    graph = build_decode_step(cfg, capacity=args.context)
+    prog = lower(schedule(graph, DeviceModel(workers=sms)))
     ref = ReferenceModel(w, capacity=args.context, device="cuda")
     start = args.context - args.steps * (args.repeats + 1) - 8
     # Fill the context: random cache contents, length set (prefill cost is not measured here).
@@ -84,6 +85,12 @@ def main() -> None:
         print(f"{'op':15s} {'count':>6s} {'mean us':>8s} {'busy us (sum)':>14s} {'wait us (sum)':>14s}")
         for op, st in summary:
             print(f"{op:15s} {st['count']:6d} {st['mean_us']:8.2f} {st['busy_us']:14.1f} {st['wait_us']:14.1f}")
+        # Each op as its own micro-benchmark: its stages' wall time against its byte floor.
+        stages = stage_floor_summary(recs, prog, [t.cost.bytes for t in graph.tasks], bw)
+        print(f"{'op':15s} {'stages':>6s} {'wall us':>9s} {'MB':>8s} {'floor us':>9s} {'% floor':>8s}")
+        for op, st in sorted(stages.items(), key=lambda kv: -kv[1]["wall_us"]):
+            print(f"{op:15s} {st['stages']:6d} {st['wall_us']:9.1f} {st['bytes'] / 1e6:8.2f} {st['floor_us']:9.1f} "
+                  f"{st['pct_floor']:7.1f}%")
 
 
 if __name__ == "__main__":

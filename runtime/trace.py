@@ -66,6 +66,31 @@ def op_summary(recs: list[tuple[int, int, int, int, int, int]], program: Program
     return out
 
 
+def stage_floor_summary(recs: list[tuple[int, int, int, int, int, int]], program: Program,
+                        task_bytes: list[float], bandwidth: float) -> dict[str, dict[str, float]]:
+    """Each op as a per-op micro-benchmark inside the real step: per op, summed over its
+    stages (the tasks of one stage run together between two dependency points), the wall
+    time from the stage's first start to its last finish, the bytes its tasks read
+    (`task_bytes[task]`, the cost model's), and the op's byte floor at `bandwidth`
+    (bytes/s) as % of that wall time."""
+    span: dict[tuple[int, str], list[float]] = {}
+    for _, task, step, _t0, t1, t2 in recs:
+        key = (step, program.stages[task])
+        s = span.setdefault(key, [float(t1), float(t2), 0.0, float(program.desc["op"][task])])
+        s[0], s[1] = min(s[0], t1), max(s[1], t2)
+        s[2] += task_bytes[task]
+    out: dict[str, dict[str, float]] = {}
+    for lo, hi, nbytes, op in span.values():
+        o = out.setdefault(Op(int(op)).name, {"stages": 0, "wall_us": 0.0, "bytes": 0.0})
+        o["stages"] += 1
+        o["wall_us"] += (hi - lo) / 1e3
+        o["bytes"] += nbytes
+    for o in out.values():
+        o["floor_us"] = o["bytes"] / bandwidth * 1e6
+        o["pct_floor"] = 100.0 * o["floor_us"] / o["wall_us"] if o["wall_us"] > 0 else 0.0
+    return out
+
+
 def write_trace(path: str | Path, recs, program: Program) -> Path:
     path = Path(path)
     path.write_text(json.dumps(chrome_trace(recs, program)))

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 
+from tilewarp.pipeline.graph.ops import Op
 from tilewarp.pipeline.graph.step import build_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.schedule import DeviceModel, schedule
-from tilewarp.runtime.trace import TRACE_WORDS, chrome_trace, op_summary, records
+from tilewarp.runtime.trace import TRACE_WORDS, chrome_trace, op_summary, records, stage_floor_summary
 
 
 def program():
@@ -57,3 +58,21 @@ def test_op_summary_adds_busy_and_wait_time_per_op():
     assert sum(s["count"] for s in summary.values()) == len(recs)
     for s in summary.values():
         assert abs(s["busy_us"] - 2.0 * s["count"]) < 1e-9 and abs(s["wait_us"] - 0.5 * s["count"]) < 1e-9
+
+
+def test_each_op_is_timed_against_its_byte_floor_over_its_stages():
+    # Two tasks of one stage: the stage's wall runs from the first start to the last end.
+    p = program()
+    op = p.desc["op"]
+    stage = p.stages[0]
+    tasks = [i for i in range(p.n_tasks) if p.stages[i] == stage][:2]
+    recs = [(0, tasks[0], 1, 0, 1_000, 3_000)] + ([(1, tasks[1], 1, 0, 2_000, 5_000)] if len(tasks) > 1 else [])
+    task_bytes = [1e6] * p.n_tasks
+    s = stage_floor_summary(recs, p, task_bytes, bandwidth=1e12)
+    name = next(iter(s))
+    assert len(s) == 1 and name == Op(int(op[tasks[0]])).name
+    got = s[name]
+    wall = (5.0 if len(tasks) > 1 else 3.0) - 1.0
+    assert got["stages"] == 1 and abs(got["wall_us"] - wall) < 1e-9
+    assert abs(got["floor_us"] - len(tasks)) < 1e-9          # 1 MB per task at 1 TB/s = 1 us
+    assert abs(got["pct_floor"] - 100 * len(tasks) / wall) < 1e-9
