@@ -20,6 +20,7 @@ import torch
 from .cpu_ops import IMPLS
 from .cpu_ops.context import Ctx
 from .dflash.kv_cache import DraftKVCache
+from .dflash.program_loop import begin_dflash_launch, end_dflash_launch
 from .dflash.weights import DraftWeights
 from .errors import GraphError, InputError
 from .graph.ops import OPS, STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
@@ -39,7 +40,7 @@ class CpuExecutor:
             raise GraphError(f"program was built for {program.model!r}, weights are {weights.cfg.name!r}")
         if cache.capacity != program.capacity:
             raise GraphError(f"program capacity {program.capacity} != KV cache capacity {cache.capacity}")
-        _check_drafter(program, draft_weights, draft_cache)
+        check_drafter(program, draft_weights, draft_cache)
         self.p = program
         self.cfg = weights.cfg
         self.cache = cache
@@ -148,21 +149,12 @@ class CpuExecutor:
         the target's choices are samples (`counter_rng`) and acceptance is lossless for
         the argmax drafter: the tokens are those sampled plain decoding would emit."""
         self._check_kind("dflash", "dflash")
-        if not 1 <= steps <= self._out.rows:
-            raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
-        dc, pos, b = self.draft_cache, self.cache.length, self.p.tokens
-        if dc.length != pos:
-            raise InputError(f"the drafter holds {dc.length} context tokens but the target cache {pos}")
-        self.cache.check_room(steps * b)   # a step writes B positions and may commit all of them
+        b = self.p.tokens
+        pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
         self._begin([anchor], pos, temperature, sample_seed)
         self._run(steps, seed, order)
-        rows = self.ints("out_tokens")[:steps]
-        committed = [row[1:1 + int(row[0])].tolist() for row in rows]
         end = int(self.ctx.arena_i[self._state + STATE_POS])
-        assert end == pos + sum(map(len, committed)), "ACCEPT's position and its out rows disagree"
-        dc.mark_written(pos, end - len(committed[-1]) + b)
-        self.cache.length = dc.length = end
-        return committed
+        return end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
 
     def logits(self) -> torch.Tensor:
         return self.floats("logits")
@@ -208,7 +200,7 @@ class CpuExecutor:
         self.steps_done += steps
 
 
-def _check_drafter(p: Program, weights: DraftWeights | None, cache: DraftKVCache | None) -> None:
+def check_drafter(p: Program, weights: DraftWeights | None, cache: DraftKVCache | None) -> None:
     """A DFlash program needs the drafter it was built for, and a context cache of the
     program's capacity; other programs take neither."""
     name = p.meta.get("drafter")

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from tilewarp.pipeline.config import ModelConfig
-from tilewarp.pipeline.cpu_exec import _check_drafter
+from tilewarp.pipeline.cpu_exec import check_drafter
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.kv_cache import DraftKVCache
+from tilewarp.pipeline.dflash.program_loop import begin_dflash_launch, end_dflash_launch
 from tilewarp.pipeline.dflash.weights import DraftWeights
 from tilewarp.pipeline.errors import DeviceError, InputError
 from tilewarp.pipeline.graph.dflash_step import build_dflash_step
@@ -63,7 +64,7 @@ class MegakernelDFlashRunner(MegakernelRunner):
 
     # ------------------------------------------------------------ tables
     def _check_drafter(self, program: Program) -> None:
-        _check_drafter(program, self.draft_weights, self.draft_cache)
+        check_drafter(program, self.draft_weights, self.draft_cache)
         if self.draft_cache.k[0].device.type != "cuda":
             raise DeviceError("the drafter's context cache must live on the GPU (build the DraftModel with "
                               "device='cuda')")
@@ -98,23 +99,12 @@ class MegakernelDFlashRunner(MegakernelRunner):
         lossless for the argmax drafter. `seed` and `order` pick the CPU executor's worker
         interleavings; the GPU has its own, so they are accepted and ignored."""
         self._check_kind("dflash", "dflash")
-        if not 1 <= steps <= self._out.rows:
-            raise InputError(f"steps={steps} not in [1, {self._out.rows}] per launch")
-        dc, pos, b = self.draft_cache, self.cache.length, self.p.tokens
-        if dc.length != pos:
-            raise InputError(f"the drafter holds {dc.length} context tokens but the target cache {pos}")
-        self.cache.check_room(steps * b)   # a step writes B positions and may commit all of them
+        b = self.p.tokens
+        pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
         self._begin([anchor], pos, temperature, sample_seed)
         self.launch(steps)
-        rows = self.ints("out_tokens")[:steps]
-        committed = [row[1:1 + int(row[0])].tolist() for row in rows]
         end = int(self.arena.view(torch.int32)[self._state + STATE_POS])
-        if end != pos + sum(map(len, committed)):
-            raise DeviceError(f"ACCEPT's position {end} and its out rows ({sum(map(len, committed))} tokens from "
-                              f"{pos}) disagree")
-        dc.mark_written(pos, end - len(committed[-1]) + b)
-        self.cache.length = dc.length = end
-        return committed
+        return end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
 
 
 class MegakernelDFlashBackend(DFlashProgramBackend):

@@ -15,8 +15,34 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from ..errors import InputError
+from ..errors import DeviceError, InputError
 from ..kv_cache import KVCache
+
+
+def begin_dflash_launch(steps: int, max_steps: int, cache: KVCache, draft_cache, block_size: int) -> int:
+    """Checks before a launch of `steps` chained DFlash steps (at most `max_steps`, the
+    program's out rows): both caches at one position with room for every step's block.
+    Returns that position. Shared by every executor of the dflash program."""
+    if not 1 <= steps <= max_steps:
+        raise InputError(f"steps={steps} not in [1, {max_steps}] per launch")
+    pos = cache.length
+    if draft_cache.length != pos:
+        raise InputError(f"the drafter holds {draft_cache.length} context tokens but the target cache {pos}")
+    cache.check_room(steps * block_size)   # a step writes B positions and may commit all of them
+    return pos
+
+
+def end_dflash_launch(rows, end: int, pos: int, cache: KVCache, draft_cache, block_size: int) -> list[list[int]]:
+    """After a launch: the tokens each step committed, from the program's out rows
+    (`[n, tokens..., padding]` per step) and its final position `end`; both caches move
+    to `end` (the drafter's context K/V were written up to the last block's end)."""
+    committed = [[int(t) for t in row[1:1 + int(row[0])]] for row in rows]
+    if end != pos + sum(map(len, committed)):
+        raise DeviceError(f"ACCEPT's position {end} and its out rows ({sum(map(len, committed))} tokens from "
+                          f"{pos}) disagree")
+    draft_cache.mark_written(pos, end - len(committed[-1]) + block_size)
+    cache.length = draft_cache.length = end
+    return committed
 
 
 class DFlashExecutor(Protocol):
