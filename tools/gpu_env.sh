@@ -12,6 +12,6 @@ _tw_pkg=$(mktemp -d)/tilewarp; mkdir -p "$_tw_pkg"
 cp tilewarp/__init__.py "$_tw_pkg/"
 for _d in pipeline runtime csrc; do ln -s "$PWD/$_d" "$_tw_pkg/$_d"; done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH="$(dirname "$_tw_pkg"):$PWD${PYTHONPATH:+:$PYTHONPATH}"
