@@ -161,11 +161,7 @@ class CpuExecutor:
 
     def hidden(self) -> dict[int, torch.Tensor]:
         """The last verify step's exported hidden states: target layer -> [T, hidden]."""
-        layers = self.p.meta.get("export_layers")
-        if not layers or self.p.kind != "verify":
-            raise GraphError("this program exports no hidden states (build_verify_step(export_layers=...))")
-        parts = self.floats("hidden_out").split(self.cfg.hidden_size, dim=-1)
-        return dict(zip(layers, parts))
+        return self.p.exported_hidden(self.floats)
 
     # ----------------------------------------------------------- device side
     def _ready(self, task: int, step: int) -> tuple[bool, int]:

@@ -12,9 +12,12 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import GraphError
 from .gc_pause import without_gc
@@ -95,6 +98,15 @@ class Program:
 
     def describe(self, task: int) -> str:
         return f"task {task} ({Op(int(self.desc['op'][task])).name}, {self.stages[task]})"
+
+    def exported_hidden(self, read: Callable[[str], torch.Tensor]) -> dict[int, torch.Tensor]:
+        """A verify step's exported hidden states, target layer -> [T, hidden], from its
+        `hidden_out` buffer as an executor reads it back (`read(buffer name)`)."""
+        layers = self.meta.get("export_layers")
+        if not layers or self.kind != "verify":
+            raise GraphError("this program exports no hidden states (build_verify_step(export_layers=...))")
+        h = read("hidden_out")
+        return dict(zip(layers, h.split(h.shape[-1] // len(layers), dim=-1)))
 
     # ------------------------------------------------------------- files
     def save(self, path: str | Path) -> Path:

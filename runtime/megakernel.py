@@ -55,10 +55,7 @@ def route_scratch_floats(experts: int, tokens: int = 16) -> int:
 
 
 def max_route_experts() -> int:
-    e = 1
-    while route_scratch_floats(e + 1) <= SCRATCH_FLOATS:
-        e += 1
-    return e
+    return (SCRATCH_FLOATS - route_scratch_floats(0)) // (route_scratch_floats(1) - route_scratch_floats(0))
 
 
 def _cu():
@@ -309,10 +306,7 @@ class MegakernelRunner:
 
     def hidden(self) -> dict[int, torch.Tensor]:
         """The last verify step's exported hidden states: target layer -> [T, hidden]."""
-        layers = self.p.meta.get("export_layers")
-        if not layers or self.p.kind != "verify":
-            raise GraphError("this program exports no hidden states (build_verify_step(export_layers=...))")
-        return dict(zip(layers, self.floats("hidden_out").split(self.cfg.hidden_size, dim=-1)))
+        return self.p.exported_hidden(self.floats)
 
 
 class MegakernelBackend:

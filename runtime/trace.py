@@ -73,18 +73,18 @@ def stage_floor_summary(recs: list[tuple[int, int, int, int, int, int]], program
     time from the stage's first start to its last finish, the bytes its tasks read
     (`task_bytes[task]`, the cost model's), and the op's byte floor at `bandwidth`
     (bytes/s) as % of that wall time."""
-    span: dict[tuple[int, str], list[float]] = {}
+    stages: dict[tuple[int, str], dict] = {}
     for _, task, step, _t0, t1, t2 in recs:
-        key = (step, program.stages[task])
-        s = span.setdefault(key, [float(t1), float(t2), 0.0, float(program.desc["op"][task])])
-        s[0], s[1] = min(s[0], t1), max(s[1], t2)
-        s[2] += task_bytes[task]
+        st = stages.setdefault((step, program.stages[task]),
+                               {"op": Op(int(program.desc["op"][task])).name, "lo": t1, "hi": t2, "bytes": 0.0})
+        st["lo"], st["hi"] = min(st["lo"], t1), max(st["hi"], t2)
+        st["bytes"] += task_bytes[task]
     out: dict[str, dict[str, float]] = {}
-    for lo, hi, nbytes, op in span.values():
-        o = out.setdefault(Op(int(op)).name, {"stages": 0, "wall_us": 0.0, "bytes": 0.0})
+    for st in stages.values():
+        o = out.setdefault(st["op"], {"stages": 0, "wall_us": 0.0, "bytes": 0.0})
         o["stages"] += 1
-        o["wall_us"] += (hi - lo) / 1e3
-        o["bytes"] += nbytes
+        o["wall_us"] += (st["hi"] - st["lo"]) / 1e3
+        o["bytes"] += st["bytes"]
     for o in out.values():
         o["floor_us"] = o["bytes"] / bandwidth * 1e6
         o["pct_floor"] = 100.0 * o["floor_us"] / o["wall_us"] if o["wall_us"] > 0 else 0.0
