@@ -32,7 +32,7 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
     const int n = hi - lo;
     const int ks = hd + 2;   // padded K row stride (bf16 elements)
     const int v_at = (n * ks + 7) & ~7;   // V rows start 16-byte aligned
-    if ((v_at + n * vd) * 2 > TW_STAGE_FLOATS * 4 || (hd & 7) || (vd & 7)) {
+    if ((v_at + n * vd) * 2 > TW_STAGE_FLOATS * 4 || (hd & 7) || (vd & 7) || n > L.slots) {
         // The planner sizes chunks to fit (tiling.attention_chunk); refuse rather than overrun.
         if (threadIdx.x == 0)
             tw_report_error(reinterpret_cast<TwStatus*>(c.p->status), reinterpret_cast<volatile int*>(c.p->abort_flag),
@@ -45,19 +45,22 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
     const __nv_bfloat16* vc = reinterpret_cast<const __nv_bfloat16*>(L.v) + (long long)h * L.slots * vd;
     // Stage K and V (L2 reads: other SMs wrote this step's keys): 16-byte loads, unrolled
     // so several are in flight per thread; K rows land at the padded stride (4-byte stores).
-    const int k8 = hd / 8, v8 = vd / 8;
+    // Key j sits in ring slot (lo + j) mod slots: one modulo per task, then a wrap test
+    // (n <= slots), not a 64-bit modulo per 16-byte load.
+    const int k8 = hd / 8, v8 = vd / 8, slot0 = lo % L.slots;
 #pragma unroll 4
     for (int i = threadIdx.x; i < n * k8; i += TW_THREADS) {
-        const int j = i / k8, d = 8 * (i % k8);
-        const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(kc + (long long)((lo + j) % L.slots) * hd + d));
+        const int j = i / k8, d = 8 * (i - j * k8);
+        const int slot = slot0 + j < L.slots ? slot0 + j : slot0 + j - L.slots;
+        const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(kc + slot * hd + d));
         unsigned int* dst = reinterpret_cast<unsigned int*>(sk + j * ks + d);
         dst[0] = raw.x; dst[1] = raw.y; dst[2] = raw.z; dst[3] = raw.w;
     }
 #pragma unroll 4
     for (int i = threadIdx.x; i < n * v8; i += TW_THREADS) {
-        const int j = i / v8, d = 8 * (i % v8);
-        *reinterpret_cast<uint4*>(sv + j * vd + d) =
-            __ldcg(reinterpret_cast<const uint4*>(vc + (long long)((lo + j) % L.slots) * vd + d));
+        const int j = i / v8, d = 8 * (i - j * v8);
+        const int slot = slot0 + j < L.slots ? slot0 + j : slot0 + j - L.slots;
+        *reinterpret_cast<uint4*>(sv + j * vd + d) = __ldcg(reinterpret_cast<const uint4*>(vc + slot * vd + d));
     }
     q += h * grp * hd;
     const float scale = rsqrtf((float)hd);
