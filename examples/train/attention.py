@@ -16,6 +16,11 @@ key is per query head).
 RoPE goes through the reference's own ``apply_rope`` and ``rope_cos_sin``, flattened over
 (batch, token), so the rotation (rotate-half on the first dims, float64 angles) is the
 oracle's by construction.
+
+``attend_one`` is the generation step's case (one new query per row, every given key
+visible): two grouped matmuls and a softmax with the sink logit as one more column, with
+no expanded K/V, padded sink key or mask, which in a cached decode step cost more than
+the attention itself.
 """
 
 from __future__ import annotations
@@ -75,3 +80,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: torch.Ten
     mask = mask.expand(*mask.shape[:-2], tq, mask.shape[-1])
     mx = torch.cat([mask, torch.ones(*mask.shape[:-1], 1, dtype=torch.bool, device=mask.device)], dim=-1)
     return F.scaled_dot_product_attention(qx, kx, vx, attn_mask=mx, scale=scale)
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sink: torch.Tensor | None = None
+               ) -> torch.Tensor:
+    """``attend`` for one query per row that sees every key given: q ``[B, Hq, 1, D]``, k ``[B, Hkv, T, D]``,
+    v ``[B, Hkv, T, Dv]``, ``sink`` ``[Hq]`` -> ``[B, Hq, 1, Dv]`` (query head h reads kv head ``h // (Hq / Hkv)``)."""
+    bsz, hq, _, d = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    scores = torch.matmul(q.reshape(bsz, hkv, group, d), k.transpose(-1, -2)).float() * d ** -0.5   # [B, Hkv, G, T]
+    if sink is not None:
+        scores = torch.cat([scores, sink.float().view(1, hkv, group, 1).expand(bsz, -1, -1, 1)], dim=-1)
+    probs = torch.softmax(scores, dim=-1)
+    if sink is not None:
+        probs = probs[..., :-1]                                   # the sink only enlarges the denominator
+    return torch.matmul(probs.to(v.dtype), v).reshape(bsz, hq, 1, v.shape[-1])

@@ -20,6 +20,12 @@ since a block is accepted only up to its first miss. ``committed`` in the stats 
 of 1 + the number of leading slots whose argmax is right: on greedy generations, exactly the
 tokens greedy DFlash would commit for that block.
 
+That per-anchor mean over-weights easy stretches: the decoder jumps over a block that
+commits 8 tokens in one step but spends 8 steps on 8 blocks that commit 1 each.
+``leading_commits`` + ``decoder_walk`` give the decoder's own number on a greedy sequence:
+the commit at every anchor, then the walk from the first generated token, each step's
+next anchor being the token after what it committed.
+
 The target's embedding (anchor rows) and lm_head are passed in and stay frozen; the
 drafter's parameters are named as its checkpoint's tensors.
 """
@@ -172,23 +178,62 @@ def sample_anchors(batch: int, count: int, low: int, high: int, generator: torch
     return torch.randint(low, high + 1, (batch, count), generator=generator)
 
 
+def block_logits(drafter: TrainableDrafter, hidden: dict[int, torch.Tensor], tokens: torch.Tensor,
+                 anchors: torch.Tensor, embed: torch.Tensor, lm_head: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[B, M, B-1, V]`` of slots 1..B-1 for blocks at ``anchors [B, M]`` of ``tokens [B, N]``,
+    and their labels ``[B, M, B-1]`` (the tokens that followed each anchor)."""
+    blk = drafter.cfg.block_size
+    rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
+    states = drafter(hidden, anchors, embed[tokens[rows, anchors]])                # [B, M, blk, H]
+    offsets = torch.arange(1, blk, device=tokens.device)
+    labels = tokens[rows[:, :, None], anchors[:, :, None] + offsets]
+    return F.linear(states[:, :, 1:], lm_head), labels
+
+
+def leading_right(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per block, the number of leading slots whose argmax is the label (int ``[B, M]``)."""
+    return (logits.argmax(dim=-1) == labels).int().cumprod(dim=-1).sum(dim=-1)
+
+
 def draft_loss(drafter: TrainableDrafter, hidden: dict[int, torch.Tensor], tokens: torch.Tensor,
                anchors: torch.Tensor, embed: torch.Tensor, lm_head: torch.Tensor,
                gamma: float) -> tuple[torch.Tensor, DraftStats]:
     """Weighted CE of slots 1..B-1 for blocks at ``anchors [B, M]`` of sequences ``tokens [B, N]``."""
-    blk = drafter.cfg.block_size
-    rows = torch.arange(tokens.shape[0], device=tokens.device)[:, None]
-    anchor_emb = embed[tokens[rows, anchors]]
-    states = drafter(hidden, anchors, anchor_emb)                                   # [B, M, blk, H]
-    offsets = torch.arange(1, blk, device=tokens.device)
-    labels = tokens[rows[:, :, None], anchors[:, :, None] + offsets]               # [B, M, blk-1]
-    logits = F.linear(states[:, :, 1:], lm_head)
+    logits, labels = block_logits(drafter, hidden, tokens, anchors, embed, lm_head)
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                          reduction="none").view(labels.shape)
+    offsets = torch.arange(1, drafter.cfg.block_size, device=tokens.device)
     w = torch.exp(-(offsets.float() - 1) / gamma)
     loss = (ce * w).sum(dim=-1).mean() / w.sum()
     with torch.no_grad():
         right = logits.argmax(dim=-1) == labels
-        lead = right.int().cumprod(dim=-1).sum(dim=-1).float()
+        lead = leading_right(logits, labels).float()
         stats = DraftStats(float(loss), 1.0 + float(lead.mean()), right.float().mean(dim=(0, 1)).tolist())
     return loss, stats
+
+
+@torch.no_grad()
+def leading_commits(drafter: TrainableDrafter, hidden: dict[int, torch.Tensor], tokens: torch.Tensor, start: int,
+                    embed: torch.Tensor, lm_head: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Tokens greedy DFlash commits at every anchor ``start .. N - B`` of greedy sequences
+    ``tokens [B, N]`` (1 + leading right slots): int ``[B, N - B + 1 - start]``."""
+    bsz, n = tokens.shape
+    every = torch.arange(start, n - drafter.cfg.block_size + 1, device=tokens.device)
+    out = [1 + leading_right(*block_logits(drafter, hidden, tokens, a[None].expand(bsz, -1), embed, lm_head))
+           for a in every.split(chunk)]
+    return torch.cat(out, dim=1)
+
+
+def decoder_walk(commits: torch.Tensor) -> tuple[int, int]:
+    """(tokens, steps) of greedy DFlash through each row of ``commits [B, A]`` (``leading_commits``):
+    from anchor 0, a step commits ``commits[r, a]`` tokens and the next anchor is ``a + commits[r, a]``;
+    a row ends where no full block is left."""
+    tokens = steps = 0
+    for row in commits.tolist():
+        a = 0
+        while a < len(row):
+            tokens += row[a]
+            steps += 1
+            a += row[a]
+    return tokens, steps

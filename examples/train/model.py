@@ -27,6 +27,9 @@ Training-only choices (none of them changes what the exported model computes):
   reference's KV cache stores them; ``export_numerics`` also rounds every non-expert
   weight to bf16, so eval-mode outputs are the exported checkpoint's.
 * Optional dropout on the attention and FFN outputs (the published model has none).
+* An optional ``KVCache`` for generation (``generate.py``): new tokens run at the positions
+  after the cached ones, against the cached K/V, with the masks of the full sequence, so a
+  cached run computes what the uncached one computes (up to float summation order).
 
 Parameter names mirror the checkpoint (``model.layers.L.self_attn.q_proj.weight``, ...);
 experts are stacked per layer (``mlp.experts_gate`` ``[E, I, H]``) and split per expert on
@@ -48,7 +51,7 @@ import torch.nn.functional as F
 from tilewarp.pipeline.config import ModelConfig
 from tilewarp.pipeline.reference import attention_mask, rms_norm, route, swiglu
 
-from .attention import attend, rope, rope_tables
+from .attention import attend, attend_one, rope, rope_tables
 from .quant import fake_mxfp4
 
 ExpertQuant = Literal["none", "mxfp4"]
@@ -75,11 +78,41 @@ def round_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
+@dataclass
+class KVCache:
+    """K and V ``[B, kv_heads, capacity, dim]`` per layer, of which the first ``length`` positions are filled.
+
+    Why: generation without a cache reruns the whole sequence for every new token, about
+    ``(prompt + generated) / 2`` times the work; the drafter's self-distillation data is
+    limited by exactly that generation time. Buffers of the final length are allocated once
+    (no copy of the whole cache per token).
+    """
+
+    capacity: int
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    length: int = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one layer's new K/V after the ``length`` cached positions; return that layer's K/V
+        of every position so far (views of the buffers)."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} positions cannot take {end}")
+        if layer not in self.keys:
+            self.keys[layer] = k.new_empty(*k.shape[:2], self.capacity, k.shape[3])
+            self.values[layer] = v.new_empty(*v.shape[:2], self.capacity, v.shape[3])
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         s = cfg.attn(layer)
         h = cfg.hidden_size
+        self.layer = layer
         self.spec, self.value_scale = s, cfg.value_scale
         self.rotary_dim = cfg.rotary_dim(s)
         self.q_proj = nn.Linear(h, s.num_heads * s.head_dim, bias=False)
@@ -89,7 +122,7 @@ class Attention(nn.Module):
         if s.sink:
             self.attention_sink_bias = nn.Parameter(torch.zeros(s.num_heads))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         s = self.spec
         b, t, _ = x.shape
         cos, sin = rope_tables(positions[None], self.rotary_dim, s.rope_theta)
@@ -98,9 +131,19 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, t, s.num_kv_heads, s.v_head_dim) * self.value_scale
         if not self.training:                       # the reference reads K/V back from a bf16 cache
             k, v = round_bf16(k), round_bf16(v)
-        mask = None if s.window is None else attention_mask(positions, positions, s.window)[None, None]
-        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask=mask, causal=mask is None,
-                   sink=self.attention_sink_bias if s.sink else None)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        sink = self.attention_sink_bias if s.sink else None
+        key_positions = positions
+        if cache is not None:
+            k, v = cache.extend(self.layer, k, v)
+            key_positions = torch.arange(k.shape[2], device=x.device)
+        if cache is not None and t == 1:            # a generation step: the last window + 1 keys (or all)
+            keep = k.shape[2] if s.window is None else s.window + 1
+            o = attend_one(q, k[:, :, -keep:], v[:, :, -keep:], sink=sink)
+        elif s.window is None and key_positions.numel() == t:       # no cache before: plain causal
+            o = attend(q, k, v, causal=True, sink=sink)
+        else:
+            o = attend(q, k, v, mask=attention_mask(positions, key_positions, s.window)[None, None], sink=sink)
         return self.o_proj(o.transpose(1, 2).reshape(b, t, s.num_heads * s.v_head_dim))
 
 
@@ -185,8 +228,8 @@ class DecoderLayer(nn.Module):
         self.mlp: nn.Module = MoE(cfg) if cfg.is_moe(layer) else DenseMLP(cfg.hidden_size, cfg.dense_intermediate)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), positions))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), positions, cache))
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -247,16 +290,21 @@ class TargetLM(nn.Module):
 
     # -------------------------------------------------------------- forward
     def forward(self, ids: torch.Tensor, *, return_hidden: Sequence[int] = (),
-                logits: Literal["all", "last", "none"] = "all") -> TargetOutput:
-        positions = torch.arange(ids.shape[1], device=ids.device)
+                logits: Literal["all", "last", "none"] = "all", cache: KVCache | None = None) -> TargetOutput:
+        """With a ``cache``, ``ids`` run at positions ``cache.length ..`` and their K/V are appended
+        (every layer runs, so the cache stays whole even when ``logits`` is ``"none"``)."""
+        start = 0 if cache is None else cache.length
+        positions = torch.arange(start, start + ids.shape[1], device=ids.device)
         x = self.model.embed_tokens(ids).float()
         hidden: dict[int, torch.Tensor] = {}
         want = set(return_hidden)
-        last = max(want) if logits == "none" and want else len(self.model.layers) - 1
+        last = max(want) if logits == "none" and want and cache is None else len(self.model.layers) - 1
         for i, layer in enumerate(self.model.layers[:last + 1]):
-            x = layer(x, positions)
+            x = layer(x, positions, cache)
             if i in want:
                 hidden[i] = x
+        if cache is not None:
+            cache.length += ids.shape[1]
         if logits == "none":
             return TargetOutput(None, hidden)
         h = self.model.norm(x[:, -1:] if logits == "last" else x)

@@ -9,15 +9,20 @@ at a size whose checkpoints fit 25 MB together::
              SWA window 64 + sinks, 8 q heads, kv 2 global / 4 SWA, qk 64 / v 32,
              partial RoPE 0.5 (32 of 64 dims; MiMo's 1/3 gives an odd count at 64),
              dense layer 0 (inter 768), 5 MoE layers x 16 experts top-2 (inter 256)
-    drafter  hidden 256 (= target), 4 layers, 8 heads / 2 kv, head_dim 32, inter 512,
+    drafter  hidden 256 (= target), 5 layers, 8 heads / 2 kv, head_dim 32, inter 512,
              reads target layers (0, 2, 3, 5), window 256 + sinks, B = 8
     vocab    4096 (byte-level BPE; see tokenizer.py for why)
 
 ``stored_bytes`` sums the exact tensor table (``tensor_specs`` / ``draft_tensor_specs``),
-so the budget is checked without training: target ~17.1 MB + drafter ~5.0 MB +
-tokenizer.json ~0.27 MB = ~22.4 MB. ``toy`` is the same architecture at CPU-test size.
+so the budget is checked without training: target ~17.1 MB + drafter ~6.1 MB +
+tokenizer.json ~0.27 MB = ~23.5 MB. The fifth drafter layer (1.1 MB) is where the spare
+budget went: the drafter, not the target, limits acceptance. ``toy`` is the same
+architecture at CPU-test size.
 
-Training defaults are per preset; every script flag overrides them.
+Training defaults are per preset; every script flag overrides them. The stdlib-256 target
+defaults are for ~2.5 minutes on an H100: 2 M training tokens overfit 20 M parameters within
+the first minute or two, so dropout 0.2, a valid evaluation every 10 s (the export keeps the
+best), and QAT over the second half, before the best valid point rather than after it.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ def stdlib_256_target(vocab: int) -> ModelConfig:
 
 def stdlib_256_drafter(target: ModelConfig, mask_id: int) -> DraftConfig:
     return DraftConfig(
-        name=f"{target.name}-dflash", hidden_size=target.hidden_size, num_layers=4, num_heads=8, num_kv_heads=2,
+        name=f"{target.name}-dflash", hidden_size=target.hidden_size, num_layers=5, num_heads=8, num_kv_heads=2,
         head_dim=32, partial_rotary_factor=0.5, rope_theta=1e4, block_size=8, target_layer_ids=(0, 2, 3, 5),
         mask_token_id=mask_id, window=256, value_scale=0.612, sink=True, intermediate_size=512,
         rms_eps=target.rms_eps, vocab_size=target.vocab_size, num_target_layers=target.num_layers,
@@ -101,19 +106,19 @@ def toy_drafter(target: ModelConfig, mask_id: int) -> DraftConfig:
 PRESETS: dict[str, Preset] = {
     "stdlib-256": Preset(
         "stdlib-256", 4096, stdlib_256_target, stdlib_256_drafter,
-        target_train=dict(seq_len=384, batch=64, lr=2e-3, dropout=0.1, weight_decay=0.1, warmup=200,
-                          qat_frac=0.2, router_bias_rate=1e-3, eval_every=60.0, log_every=20.0),
-        drafter_train=dict(gen_frac=0.4, gen_batch=256, gen_len=160, greedy_frac=0.75, temperature=0.8,
-                           batch=64, anchors=32, lr=2e-3, weight_decay=0.01, warmup=200, gamma=4.0,
-                           log_every=20.0),
+        target_train=dict(seq_len=384, batch=64, lr=2e-3, dropout=0.2, weight_decay=0.1, warmup=200,
+                          qat_frac=0.5, router_bias_rate=1e-3, eval_every=10.0, log_every=20.0),
+        drafter_train=dict(gen_frac=0.2, gen_batch=512, gen_len=160, greedy_frac=0.5, sample_prefix=24,
+                           temperature=0.8, windows=30_000, batch=64, anchors=32, lr=2e-3, weight_decay=0.01,
+                           warmup=200, gamma=4.0, log_every=20.0),
     ),
     "toy": Preset(
         "toy", 512, toy_target, toy_drafter, max_files=60,
         target_train=dict(seq_len=128, batch=16, lr=3e-3, dropout=0.0, weight_decay=0.1, warmup=20,
                           qat_frac=0.2, router_bias_rate=1e-3, eval_every=20.0, log_every=10.0),
-        drafter_train=dict(gen_frac=0.3, gen_batch=32, gen_len=64, greedy_frac=0.75, temperature=0.8,
-                           batch=16, anchors=8, lr=3e-3, weight_decay=0.01, warmup=20, gamma=4.0,
-                           log_every=10.0),
+        drafter_train=dict(gen_frac=0.3, gen_batch=32, gen_len=64, greedy_frac=0.5, sample_prefix=8,
+                           temperature=0.8, windows=240, batch=16, anchors=8, lr=3e-3, weight_decay=0.01,
+                           warmup=20, gamma=4.0, log_every=10.0),
     ),
 }
 

@@ -7,21 +7,26 @@
 1. Load the target *from its checkpoint* (``export.load_target``: bf16 weights, decoded MXFP4
    experts), frozen: the drafter learns what the runtime's target says, not what the fp32
    training weights said.
-2. Generate (``--gen-frac`` of the time): prompts are function starts of the train split
-   plus random train windows (16..128 tokens); ``--gen-len`` tokens each, greedy for a
-   ``--greedy-frac`` share of the batches (the evaluation is greedy), sampled at
-   ``--temperature`` for the rest (more varied contexts).
-   Also greedy generations from the *valid* split's function prompts, for model selection.
+2. Generate (``--gen-frac`` of the time, KV-cached): prompts are function starts of the
+   train split plus ``--windows`` random train windows (16..128 tokens); ``--gen-len``
+   tokens each. The labels are always greedy continuations, since the evaluation is greedy
+   (sampled labels would teach slots 2.. where sampling goes, not where greedy decoding
+   goes). A ``--greedy-frac`` share of the batches is greedy from the prompt on; the rest
+   first sample ``--sample-prefix`` tokens at ``--temperature`` (varied contexts the target
+   has not memorised) and continue greedily, and their anchors start after that prefix.
+   Also greedy generations from every *valid* function prompt, for model selection.
 3. Train (the rest of the time): per step, a batch of generated sequences goes through the
    frozen target once (fp32) for the hidden states at ``target_layer_ids``; ``--anchors``
-   random anchor positions per sequence (in the generated part, as at inference) each give a
+   random anchor positions per sequence (in the greedy part, as at inference) each give a
    block; loss = CE of slots 1..B-1 weighted ``exp(-(k-1)/gamma)`` (``drafter.draft_loss``).
    Only ``fc``, the draft layers, the norms and the MASK embedding train; the target's
    embedding and lm_head are used frozen.
-4. Keep the weights with the best valid "committed" (greedy DFlash tokens per step on the
-   valid generations, computed from the block predictions), export them to ``--out``,
-   check the export against ``DraftModel``, and, with ``--eval-prompts N``, run the real
-   greedy DFlash decoder on N held-out prompts (``eval_acceptance``).
+4. Keep the weights with the best valid committed tokens per step *as the decoder walks*
+   (``drafter.decoder_walk`` over the commit at every anchor of the valid generations: the
+   number greedy DFlash gets on them, not the per-anchor mean, which over-weights easy
+   stretches), export them to ``--out``, check the export against ``DraftModel``, and,
+   with ``--eval-prompts N``, run the real greedy DFlash decoder on N held-out prompts
+   (``eval_acceptance``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable
 
 if __package__ in (None, ""):
     sys.path.append(str(Path(__file__).resolve().parents[2]))
@@ -46,12 +51,12 @@ from tilewarp.pipeline.dflash.draft_model import DraftModel
 
 from examples.train import data, eval_acceptance, export, loop, presets, prompts, tokenizer
 from examples.train.batches import encode_stream
-from examples.train.drafter import TrainableDrafter, draft_loss, sample_anchors
-from examples.train.generate import generate, prompt_batches
+from examples.train.drafter import TrainableDrafter, decoder_walk, draft_loss, leading_commits, sample_anchors
+from examples.train.generate import generate, prompt_batches, prompt_chunks
 from examples.train.model import TargetLM
 from examples.train.state import load_state, save_state
 
-Generated = tuple[torch.Tensor, int]       # ([rows, prompt + gen] tokens on the CPU, prompt length)
+Generated = tuple[torch.Tensor, int]       # ([rows, prompt + gen] tokens on the CPU, first anchor position)
 
 
 @dataclass
@@ -79,11 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-files", type=int, default=None, help="stdlib files per split (default: preset's)")
     for key, typ in (("gen_frac", float), ("gen_batch", int), ("gen_len", int), ("greedy_frac", float),
-                     ("temperature", float), ("batch", int), ("anchors", int), ("lr", float),
-                     ("weight_decay", float), ("warmup", int), ("gamma", float), ("log_every", float)):
+                     ("sample_prefix", int), ("temperature", float), ("windows", int), ("batch", int),
+                     ("anchors", int), ("lr", float), ("weight_decay", float), ("warmup", int), ("gamma", float),
+                     ("log_every", float)):
         p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="default: the preset's")
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds between valid evaluations")
-    p.add_argument("--valid-batches", type=int, default=2, help="greedy valid generation batches")
+    p.add_argument("--valid-batches", type=int, default=None,
+                   help="valid generation batches of up to 32 prompts (default: every valid prompt)")
     p.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts for a final DFlash run")
     p.add_argument("--eval-max-tokens", type=int, default=128)
     p.add_argument("--state", default=None)
@@ -104,17 +111,21 @@ def prompt_pool(tok: Tokenizer, files: list[data.SourceFile], windows: int, gene
     return pool
 
 
-def generate_set(target: TargetLM, batches: Iterator[torch.Tensor], count: int | None, budget: loop.Budget | None, gen_len: int,
-                 greedy_frac: float, temperature: float, device: torch.device,
+def generate_set(target: TargetLM, batches: Iterable[torch.Tensor], count: int | None, budget: loop.Budget | None,
+                 gen_len: int, greedy_frac: float, sample_prefix: int, temperature: float, device: torch.device,
                  generator: torch.Generator) -> list[Generated]:
-    """Generation batches until ``count`` batches or the budget runs out (at least one)."""
+    """Generation batches until ``batches`` ends, ``count`` batches or the budget runs out (at
+    least one). A ``greedy_frac`` share is greedy throughout; the others sample their first
+    ``sample_prefix`` tokens at ``temperature`` and their anchors start after them."""
     dev_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     out: list[Generated] = []
-    while not out or ((count is None or len(out) < count) and (budget is None or not budget.done)):
-        p = next(batches).to(device)
-        greedy = float(torch.rand(1, generator=generator)) < greedy_frac
-        seq = generate(target, p, gen_len, temperature=0.0 if greedy else temperature, generator=dev_gen)
-        out.append((seq.cpu(), p.shape[1]))
+    for p in batches:
+        if out and ((count is not None and len(out) >= count) or (budget is not None and budget.done)):
+            break
+        p = p.to(device)
+        sampled = 0 if float(torch.rand(1, generator=generator)) < greedy_frac else sample_prefix
+        seq = generate(target, p, gen_len, temperature=temperature, sampled=sampled, generator=dev_gen)
+        out.append((seq.cpu(), p.shape[1] + sampled))
     return out
 
 
@@ -126,29 +137,34 @@ def hidden_states(target: TargetLM, tokens: torch.Tensor, layers: tuple[int, ...
 
 def batch_of(gen: list[Generated], batch: int, generator: torch.Generator, device: torch.device
              ) -> tuple[torch.Tensor, int]:
-    tokens, plen = gen[int(torch.randint(0, len(gen), (1,), generator=generator))]
+    tokens, start = gen[int(torch.randint(0, len(gen), (1,), generator=generator))]
     rows = torch.randperm(tokens.shape[0], generator=generator)[:batch]
-    return tokens[rows].to(device), plen
+    return tokens[rows].to(device), start
+
+
+@dataclass(frozen=True)
+class ValidScore:
+    walk: float          # tokens per step of greedy DFlash through the valid generations (selects)
+    per_anchor: float    # mean commit over every anchor (the training lines' "committed")
 
 
 @torch.no_grad()
-def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Generated], anchors: int,
-                    embed: torch.Tensor, lm_head: torch.Tensor, gamma: float, device: torch.device) -> float:
-    """Mean greedy-DFlash tokens per step predicted on the valid generations (fixed anchors)."""
+def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Generated], embed: torch.Tensor,
+                    lm_head: torch.Tensor, device: torch.device) -> ValidScore:
+    """Greedy DFlash's tokens per step on the valid generations, from the commit at every anchor."""
     drafter.eval()
-    g = torch.Generator().manual_seed(123)
-    total, n = 0.0, 0
-    blk = drafter.cfg.block_size
-    for tokens, plen in valid:
+    tokens_walked = steps = 0
+    commits_sum, anchors = 0, 0
+    for tokens, start in valid:
         tokens = tokens.to(device)
         hidden = hidden_states(target, tokens, drafter.cfg.target_layer_ids)
-        a = sample_anchors(tokens.shape[0], anchors, plen, tokens.shape[1] - blk, g).to(device)
         with loop.autocast(device):
-            _, stats = draft_loss(drafter, hidden, tokens, a, embed, lm_head, gamma)
-        total += stats.committed
-        n += 1
+            commits = leading_commits(drafter, hidden, tokens, start, embed, lm_head)
+        t, n = decoder_walk(commits)
+        tokens_walked, steps = tokens_walked + t, steps + n
+        commits_sum, anchors = commits_sum + int(commits.sum()), anchors + commits.numel()
     drafter.train()
-    return total / max(n, 1)
+    return ValidScore(tokens_walked / max(steps, 1), commits_sum / max(anchors, 1))
 
 
 def run(args: argparse.Namespace) -> DrafterResult:
@@ -170,17 +186,20 @@ def run(args: argparse.Namespace) -> DrafterResult:
     embed = target.model.embed_tokens.weight.detach()
     lm_head = target.lm_head_weight().detach()
     blk = dcfg.block_size
+    if hp["sample_prefix"] > hp["gen_len"] - blk:
+        raise SystemExit(f"--sample-prefix {hp['sample_prefix']} leaves no room for a block of {blk} in "
+                         f"--gen-len {hp['gen_len']}")
 
     corpus = data.collect(max_files=args.max_files if args.max_files is not None else preset.max_files)
-    train_pool = prompt_pool(tok, corpus.files("train"), windows=len(corpus.files("train")) * 4, generator=g)
+    train_pool = prompt_pool(tok, corpus.files("train"), windows=hp["windows"], generator=g)
     valid_pool = prompt_pool(tok, corpus.files("valid"), windows=0, generator=g)
     say(f"[data] {corpus.summary()}; prompts: train {len(train_pool)}, valid {len(valid_pool)}")
-    valid_batch = min(hp["gen_batch"], 16, len(valid_pool))
-    valid = generate_set(target, prompt_batches(valid_pool, valid_batch, generator=g), args.valid_batches, None,
-                         hp["gen_len"], 1.0, 0.0, device, g)
+    valid = generate_set(target, prompt_chunks(valid_pool, min(hp["gen_batch"], 32)), args.valid_batches, None,
+                         hp["gen_len"], 1.0, 0, 0.0, device, g)
     gen_budget = loop.Budget(args.minutes * hp["gen_frac"])
     gen = generate_set(target, prompt_batches(train_pool, hp["gen_batch"], generator=g), args.max_gen_batches,
-                       gen_budget, hp["gen_len"], hp["greedy_frac"], hp["temperature"], device, g)
+                       gen_budget, hp["gen_len"], hp["greedy_frac"], hp["sample_prefix"], hp["temperature"],
+                       device, g)
     result = DrafterResult(out=out, sequences=sum(t.shape[0] for t, _ in gen))
     say(f"[generate] {result.sequences} sequences ({len(gen)} batches of {hp['gen_batch']}, {hp['gen_len']} new "
         f"tokens) + {sum(t.shape[0] for t, _ in valid)} valid, in {budget.elapsed:.0f} s")
@@ -198,9 +217,9 @@ def run(args: argparse.Namespace) -> DrafterResult:
     while not budget.done and (args.max_steps is None or result.steps - start_step < args.max_steps):
         frac = (budget.fraction - train_start) / max(1e-9, 1 - train_start)
         loop.set_lr(opt, loop.lr_at(result.steps, frac, hp["lr"], hp["warmup"]))
-        tokens, plen = batch_of(gen, hp["batch"], g, device)
+        tokens, start = batch_of(gen, hp["batch"], g, device)
         hidden = hidden_states(target, tokens, dcfg.target_layer_ids)
-        anchors = sample_anchors(tokens.shape[0], hp["anchors"], plen, tokens.shape[1] - blk, g).to(device)
+        anchors = sample_anchors(tokens.shape[0], hp["anchors"], start, tokens.shape[1] - blk, g).to(device)
         with loop.autocast(device):
             loss, stats = draft_loss(drafter, hidden, tokens, anchors, embed, lm_head, hp["gamma"])
         opt.zero_grad(set_to_none=True)
@@ -217,11 +236,12 @@ def run(args: argparse.Namespace) -> DrafterResult:
                 + f" lr {opt.param_groups[0]['lr']:.2e} ({now - t_last:.1f} s)")
             t_last = now
         if next(eval_tick) or last:
-            c = valid_committed(drafter, target, valid, hp["anchors"], embed, lm_head, hp["gamma"], device)
-            if c > result.best_committed:
-                result.best_committed = c
+            score = valid_committed(drafter, target, valid, embed, lm_head, device)
+            if score.walk > result.best_committed:
+                result.best_committed = score.walk
                 best = {k: t.detach().clone() for k, t in drafter.state_dict().items()}
-            say(f"[valid] step {result.steps} committed {c:.3f} (best {result.best_committed:.3f})")
+            say(f"[valid] step {result.steps} committed {score.walk:.3f} per step as decoded (best "
+                f"{result.best_committed:.3f}); per anchor {score.per_anchor:.3f}")
         if args.state and (next(save_tick) or last):
             save_state(args.state, drafter, opt, step=result.steps, seconds=budget.elapsed)
 

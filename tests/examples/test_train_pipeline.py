@@ -11,7 +11,10 @@ tests then check what the GPU runs will rely on:
   back gives the same module;
 * the drafter's training objective is the decoder's: for every step ``DFlashDecoder``
   takes with the exported pair, the trainable drafter predicts exactly the number of
-  tokens the step commits;
+  tokens the step commits, and the valid metric's walk over those commits takes the
+  decoder's steps;
+* KV-cached generation writes what rerunning the whole sequence per token writes, and a
+  sampled start is followed by the greedy continuation of what it sampled;
 * ``Engine.from_checkpoint`` loads the export (with its tokenizer.json) and generates text;
 * the pieces: splits, prompts, tokenizer round trip, sinks in SDPA, fake quantisation,
   resumable state, and the shipped preset's byte budget.
@@ -25,10 +28,10 @@ import pytest
 import torch
 
 from examples.train import data, presets, prompts, tokenizer, train_drafter, train_target
-from examples.train.attention import attend
-from examples.train.drafter import draft_loss
+from examples.train.attention import attend, attend_one
+from examples.train.drafter import decoder_walk, draft_loss, leading_commits
 from examples.train.export import load_drafter, load_target, save_drafter, save_target
-from examples.train.generate import generate
+from examples.train.generate import generate, prompt_chunks
 from examples.train.model import TargetLM, export_numerics
 from examples.train.quant import fake_mxfp4, mxfp4_roundtrip
 from examples.train.state import load_state, save_state
@@ -93,6 +96,35 @@ def test_export_matches_reference_greedy(target_run, prompt_ids):
     ref_logits = ref.prefill(prompt_ids).logits
     assert torch.allclose(ours_logits, ref_logits, atol=1e-3 * float(ref_logits.abs().max()), rtol=0)
     assert target_run.reference_max_diff < 1e-2
+
+
+def _uncached_greedy(model: TargetLM, ids: torch.Tensor, new: int) -> torch.Tensor:
+    with torch.no_grad():
+        for _ in range(new):
+            ids = torch.cat([ids, model(ids, logits="last").logits[:, -1].argmax(-1)[:, None]], dim=1)
+    return ids
+
+
+def test_cached_generation_is_uncached(target_run, prompt_ids):
+    """Past the toy's sliding window (16) too: the cache keeps every layer's masks."""
+    model = load_target(load_checkpoint(target_run.out))
+    batch = torch.tensor([prompt_ids[:40], prompt_ids[5:45]])
+    assert torch.equal(generate(model, batch, NEW), _uncached_greedy(model, batch, NEW))
+
+
+def test_sampled_start_then_greedy(target_run, prompt_ids):
+    model = _perturbed(load_target(load_checkpoint(target_run.out)), 0.5, seed=3).eval()
+    batch = torch.tensor([prompt_ids[:20]] * 4)
+    out = generate(model, batch, NEW, temperature=1.5, sampled=6, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 20 + NEW)
+    assert len({tuple(r) for r in out[:, 20:26].tolist()}) > 1                  # the start is sampled
+    assert torch.equal(out, _uncached_greedy(model, out[:, :26], NEW - 6))      # then greedy
+
+
+def test_prompt_chunks_take_every_prompt_once():
+    prompts_ = [[1] * n for n in (9, 30, 12, 8, 5, 20, 11, 40)]
+    chunks = prompt_chunks(prompts_, 3)
+    assert [c.shape for c in chunks] == [(3, 8), (3, 12), (1, 40)]             # 5 is too short
 
 
 def test_load_target_is_export_numerics(target_run, prompt_ids):
@@ -185,6 +217,18 @@ def test_drafter_objective_is_the_decoders(pair, target_run, drafter_run, prompt
     assert predicted == proposals
     assert predicted_commits == commits
     assert mean == pytest.approx(sum(commits) / len(commits))
+    every = _commits_at_every_anchor(target_dir, drafter_dir, seq, len(prompt_ids))
+    assert [every[0, a - len(prompt_ids)] for a in anchors] == commits
+    assert decoder_walk(every[:, :anchors[-1] - len(prompt_ids) + 1]) == (sum(commits), len(commits))
+
+
+def _commits_at_every_anchor(target_dir, drafter_dir, seq: torch.Tensor, start: int) -> torch.Tensor:
+    weights, dweights = load_checkpoint(target_dir), load_draft_checkpoint(drafter_dir)
+    target, drafter = load_target(weights), load_drafter(dweights)
+    embed, lm_head = weights.dense("model.embed_tokens.weight").float(), weights.lm_head().float()
+    with torch.no_grad():
+        hidden = target(seq, return_hidden=dweights.cfg.target_layer_ids, logits="none").hidden
+    return leading_commits(drafter, hidden, seq, start, embed, lm_head, chunk=5)
 
 
 # ======================================================================= pieces
@@ -226,6 +270,19 @@ def test_attend_is_reference_attention(window, sink):
     ref = attention(q, k, v, mask, sink=s)
     ours = attend(q.transpose(0, 1)[None], k[None], v[None], mask=None if window is None else mask[None, None],
                   causal=window is None, sink=s)[0].transpose(0, 1)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_attend_one_is_reference_attention(sink):
+    """The generation step's attention: the last query of a window-5 layer, given its 6 keys."""
+    g = torch.Generator().manual_seed(1)
+    t = 12
+    q, k, v = torch.randn(t, 4, 32, generator=g), torch.randn(2, t, 32, generator=g), torch.randn(2, t, 16, generator=g)
+    s = torch.randn(4, generator=g) if sink else None
+    pos = torch.arange(t)
+    ref = attention(q, k, v, attention_mask(pos, pos, 5), sink=s)[-1]
+    ours = attend_one(q[-1:].transpose(0, 1)[None], k[None, :, -6:], v[None, :, -6:], sink=s)[0, :, 0]
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
