@@ -35,7 +35,7 @@
 #include "ops/argmax_rows.cuh"
 #include "ops/accept.cuh"
 
-#define TW_TRACE_WORDS 4
+#define TW_TRACE_WORDS 5
 
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
@@ -93,6 +93,7 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     __shared__ TwDesc desc;
     __shared__ int go;
     __shared__ int fetched;   // task instances the controller has fetched (the loader's pace)
+    __shared__ unsigned long long body_ns;   // traced: when the task's op began its main loop
     const TwParams* p = pp;
     float* smem = reinterpret_cast<float*>(tw_smem);
     TwCtx c;
@@ -114,10 +115,13 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     TwStatus* status = reinterpret_cast<TwStatus*>(p->status);
     volatile int* abort_flag = reinterpret_cast<volatile int*>(p->abort_flag);
     const int q0 = qs[blockIdx.x], q1 = qs[blockIdx.x + 1];
-    // Optional trace: per task instance (task | step << 32, fetched, waits resolved, done)
-    // in ns of %globaltimer, TW_TRACE_WORDS words each, `trace_cap` records per worker.
+    // Optional trace: per task instance (task | step << 32, fetched, waits resolved, done,
+    // body) in ns of %globaltimer, TW_TRACE_WORDS words each, `trace_cap` records per
+    // worker; body (0 if the op sets none) is when the op's main loop began, after its
+    // prologue (descriptor decode, input staging, norm): see TwCtx::mark_body.
     unsigned long long* trace = reinterpret_cast<unsigned long long*>(p->trace);
     const int trace_cap = trace ? p->trace_cap : 0;
+    c.s_body = trace_cap ? &body_ns : nullptr;
     if (threadIdx.x == 0) fetched = 0;
     __syncthreads();   // the only CTA-wide barrier: the roles split here
     if (tw_warp() >= TW_WARPS) {
@@ -134,7 +138,10 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
         c.step = (long long)p->step_base + s + 1;
         for (int qi = q0; qi < q1; ++qi) {
             if (threadIdx.x == 0) {
-                if (trace_cap) t_fetch = tw_globaltimer_ns();
+                if (trace_cap) {
+                    t_fetch = tw_globaltimer_ns();
+                    body_ns = 0;
+                }
                 const int task = queue[qi];
                 desc = descs[task];
                 atomicExch(&fetched, ++n_fetched);   // an atomic: the loader polls it
@@ -147,7 +154,9 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
                     const int e = (int)desc.wait_event[i];
                     ok = tw_event_wait(counters + e, tw_wait_need(desc, i, c.step), p->wait_bound_ns, abort_flag, status, task, e, desc.op);
                 }
-                __threadfence();
+                // No fence here or before the signals: the waits' ld.acquire and the
+                // signals' red.release are the fences (cumulative through tw_sync, see
+                // core/events.cuh); each extra membar.gl sat on the critical path.
                 go = ok;
                 if (trace_cap) t_ready = tw_globaltimer_ns();
             }
@@ -156,7 +165,6 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
             tw_dispatch(c, desc.op, desc.args);
             tw_sync();
             if (threadIdx.x == 0) {
-                __threadfence();
                 for (int i = 0; i < desc.n_signal; ++i) tw_event_signal(counters + desc.signal[i]);
                 if (n_rec < trace_cap) {
                     unsigned long long* r = trace + ((long long)blockIdx.x * trace_cap + n_rec++) * TW_TRACE_WORDS;
@@ -164,6 +172,7 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
                     r[1] = t_fetch;
                     r[2] = t_ready;
                     r[3] = tw_globaltimer_ns();
+                    r[4] = body_ns;
                 }
             }
         }

@@ -79,12 +79,14 @@ def main() -> None:
         runner.decode(1, 1)
         recs = runner.trace_records()
         write_trace(args.trace, recs, prog)
-        span = (max(r[5] for r in recs) - min(r[3] for r in recs)) / 1e3
+        span = (max(r.done for r in recs) - min(r.fetched for r in recs)) / 1e3
         print(f"traced step: {span:.1f} us, {len(recs)} task records -> {args.trace}")
         summary = sorted(op_summary(recs, prog).items(), key=lambda kv: -kv[1]["busy_us"])
-        print(f"{'op':15s} {'count':>6s} {'mean us':>8s} {'busy us (sum)':>14s} {'wait us (sum)':>14s}")
+        print(f"{'op':15s} {'count':>6s} {'mean us':>8s} {'busy us (sum)':>14s} {'wait us (sum)':>14s} "
+              f"{'prologue us':>12s}")
         for op, st in summary:
-            print(f"{op:15s} {st['count']:6d} {st['mean_us']:8.2f} {st['busy_us']:14.1f} {st['wait_us']:14.1f}")
+            print(f"{op:15s} {st['count']:6d} {st['mean_us']:8.2f} {st['busy_us']:14.1f} {st['wait_us']:14.1f} "
+                  f"{st['prologue_us']:12.1f}")
         # Each op as its own micro-benchmark: its stages' wall time against its byte floor.
         stages = stage_floor_summary(recs, prog, [t.cost.bytes for t in graph.tasks], bw)
         print(f"{'op':15s} {'stages':>6s} {'wall us':>9s} {'MB':>8s} {'floor us':>9s} {'% floor':>8s}")

@@ -34,7 +34,7 @@ from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
 from .nvrtc_build import compile_cubin, csrc_dir
-from .trace import TRACE_WORDS, records
+from .trace import TRACE_WORDS, TraceRecord, records
 
 log = logging.getLogger("tilewarp.megakernel")
 
@@ -44,14 +44,14 @@ GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_
                      Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE, Op.DRAFT_EMBED,
                      Op.DRAFT_ROPE_KV, Op.DRAFT_ATTN, Op.EXPORT_HIDDEN, Op.ARGMAX_ROWS, Op.ACCEPT})
 SCRATCH_FLOATS = 12 * 1024   # mirrors TW_SCRATCH_FLOATS in csrc/core/context.cuh
-SMEM_BYTES = (2 * 16 + 40 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
+SMEM_BYTES = (2 * 16 + 44 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
 
 
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
     """Shared scratch ROUTE needs (csrc/ops/route.cuh): chosen ids and weights, used flags,
-    the bias and the scores of every token."""
-    return 2 * 16 * 8 + 2 * experts + tokens * experts
+    the bias, the scores of every token and the used-expert ballots."""
+    return 2 * 16 * 8 + 2 * experts + tokens * experts + 32
 
 
 def max_route_experts() -> int:
@@ -223,8 +223,8 @@ class MegakernelRunner:
         self.steps_done += steps
         self._raise_on_error()
 
-    def trace_records(self) -> list[tuple[int, int, int, int, int, int]]:
-        """The last launch's trace: (worker, task, step, fetched, ready, done) in ns."""
+    def trace_records(self) -> list[TraceRecord]:
+        """The last launch's trace (runtime/trace.py)."""
         return records(self.trace.cpu().numpy().view(np.uint64), self.p.workers, self.trace_cap)
 
     def _raise_on_error(self) -> None:

@@ -1,9 +1,11 @@
 """The megakernel's in-kernel trace, exported as a Chrome / Perfetto trace.
 
 With `trace_cap > 0` the controller of every worker records, per task instance, when it
-fetched the descriptor, when its waits were resolved and when the task was done
-(%globaltimer, ns). Here those records become trace events: one track per worker (SM),
-a "wait" slice and an op slice per task, named by op and stage. Open the JSON at
+fetched the descriptor, when its waits were resolved, when the task was done and, for ops
+that mark it (the GEMV executor), when the op's main loop began after its prologue
+(descriptor decode, input staging and norm) (%globaltimer, ns). Here those records become
+trace events: one track per worker (SM), a "wait" slice and an op slice per task, named by
+op and stage, with the prologue's length in the op slice's arguments. Open the JSON at
 https://ui.perfetto.dev or chrome://tracing.
 """
 
@@ -11,62 +13,82 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from tilewarp.pipeline.graph.ops import Op
 from tilewarp.pipeline.lower import Program
 
-TRACE_WORDS = 4   # mirrors TW_TRACE_WORDS in csrc/megakernel.cu
+TRACE_WORDS = 5   # mirrors TW_TRACE_WORDS in csrc/megakernel.cu
 
 
-def records(raw: np.ndarray, workers: int, cap: int) -> list[tuple[int, int, int, int, int, int]]:
-    """(worker, task, step, fetched, ready, done) for every filled record."""
+class TraceRecord(NamedTuple):
+    """One task instance on one worker; times in ns of the GPU's global timer."""
+    worker: int
+    task: int
+    step: int
+    fetched: int
+    ready: int      # waits resolved: the op starts
+    done: int
+    body: int = 0   # the op's main loop began (after its prologue); 0 if the op marks none
+
+    @property
+    def prologue_ns(self) -> int:
+        return self.body - self.ready if self.body > self.ready else 0
+
+
+def records(raw: np.ndarray, workers: int, cap: int) -> list[TraceRecord]:
+    """Every filled record, worker by worker."""
     r = raw.reshape(workers, cap, TRACE_WORDS)
     out = []
     for w in range(workers):
-        for task_step, t0, t1, t2 in r[w].tolist():
+        for task_step, t0, t1, t2, body in r[w].tolist():
             if t2 == 0:
                 break
-            out.append((w, task_step & 0xFFFFFFFF, task_step >> 32, t0, t1, t2))
+            out.append(TraceRecord(w, task_step & 0xFFFFFFFF, task_step >> 32, t0, t1, t2, body))
     return out
 
 
-def chrome_trace(recs: list[tuple[int, int, int, int, int, int]], program: Program) -> dict:
+def chrome_trace(recs: list[TraceRecord], program: Program) -> dict:
     """Trace-event JSON (the 'X' complete-event form): times in microseconds from the
     first record, pid 0 = the GPU, tid = worker."""
     if not recs:
         return {"traceEvents": [], "displayTimeUnit": "ns"}
-    t_min = min(r[3] for r in recs)
+    t_min = min(r.fetched for r in recs)
     events: list[dict] = [{"name": "process_name", "ph": "M", "pid": 0, "tid": 0, "args": {"name": "megakernel"}}]
-    for w in sorted({r[0] for r in recs}):
+    for w in sorted({r.worker for r in recs}):
         events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": w, "args": {"name": f"SM worker {w}"}})
-    for w, task, step, t0, t1, t2 in recs:
-        op = Op(int(program.desc["op"][task])).name
-        common = {"pid": 0, "tid": w, "args": {"task": task, "stage": program.stages[task], "step": step}}
-        if t1 > t0:
-            events.append({"name": "wait", "cat": "wait", "ph": "X", "ts": (t0 - t_min) / 1e3,
-                           "dur": (t1 - t0) / 1e3, **common})
-        events.append({"name": op, "cat": "op", "ph": "X", "ts": (t1 - t_min) / 1e3, "dur": max(t2 - t1, 1) / 1e3,
-                       **common})
+    for r in recs:
+        op = Op(int(program.desc["op"][r.task])).name
+        args = {"task": r.task, "stage": program.stages[r.task], "step": r.step}
+        common = {"pid": 0, "tid": r.worker}
+        if r.ready > r.fetched:
+            events.append({"name": "wait", "cat": "wait", "ph": "X", "ts": (r.fetched - t_min) / 1e3,
+                           "dur": (r.ready - r.fetched) / 1e3, "args": args, **common})
+        op_args = {**args, "prologue_us": r.prologue_ns / 1e3} if r.body else args
+        events.append({"name": op, "cat": "op", "ph": "X", "ts": (r.ready - t_min) / 1e3,
+                       "dur": max(r.done - r.ready, 1) / 1e3, "args": op_args, **common})
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
-def op_summary(recs: list[tuple[int, int, int, int, int, int]], program: Program) -> dict[str, dict[str, float]]:
-    """Per op: count, total and mean busy time (us), total wait time (us)."""
+def op_summary(recs: list[TraceRecord], program: Program) -> dict[str, dict[str, float]]:
+    """Per op: count, total and mean busy time (us), total wait time (us), and the part of
+    the busy time spent in prologues (ops that mark their body)."""
     out: dict[str, dict[str, float]] = {}
-    for _, task, _, t0, t1, t2 in recs:
-        op = Op(int(program.desc["op"][task])).name
-        s = out.setdefault(op, {"count": 0, "busy_us": 0.0, "wait_us": 0.0})
+    for r in recs:
+        op = Op(int(program.desc["op"][r.task])).name
+        s = out.setdefault(op, {"count": 0, "busy_us": 0.0, "wait_us": 0.0, "prologue_us": 0.0})
         s["count"] += 1
-        s["busy_us"] += (t2 - t1) / 1e3
-        s["wait_us"] += (t1 - t0) / 1e3
+        s["busy_us"] += (r.done - r.ready) / 1e3
+        s["wait_us"] += (r.ready - r.fetched) / 1e3
+        s["prologue_us"] += r.prologue_ns / 1e3
     for s in out.values():
         s["mean_us"] = s["busy_us"] / max(1, s["count"])
     return out
 
 
-def stage_floor_summary(recs: list[tuple[int, int, int, int, int, int]], program: Program,
+def stage_floor_summary(recs: list[TraceRecord], program: Program,
                         task_bytes: list[float], bandwidth: float) -> dict[str, dict[str, float]]:
     """Each op as a per-op micro-benchmark inside the real step: per op, summed over its
     stages (the tasks of one stage run together between two dependency points), the wall
@@ -74,11 +96,11 @@ def stage_floor_summary(recs: list[tuple[int, int, int, int, int, int]], program
     (`task_bytes[task]`, the cost model's), and the op's byte floor at `bandwidth`
     (bytes/s) as % of that wall time."""
     stages: dict[tuple[int, str], dict] = {}
-    for _, task, step, _t0, t1, t2 in recs:
-        st = stages.setdefault((step, program.stages[task]),
-                               {"op": Op(int(program.desc["op"][task])).name, "lo": t1, "hi": t2, "bytes": 0.0})
-        st["lo"], st["hi"] = min(st["lo"], t1), max(st["hi"], t2)
-        st["bytes"] += task_bytes[task]
+    for r in recs:
+        st = stages.setdefault((r.step, program.stages[r.task]),
+                               {"op": Op(int(program.desc["op"][r.task])).name, "lo": r.ready, "hi": r.done, "bytes": 0.0})
+        st["lo"], st["hi"] = min(st["lo"], r.ready), max(st["hi"], r.done)
+        st["bytes"] += task_bytes[r.task]
     out: dict[str, dict[str, float]] = {}
     for st in stages.values():
         o = out.setdefault(st["op"], {"stages": 0, "wall_us": 0.0, "bytes": 0.0})

@@ -2,6 +2,7 @@
 // the CTA's shared memory carved into fixed regions.
 #pragma once
 #include "core/status.cuh"
+#include "core/events.cuh"
 #include "generated/abi.h"
 #include "generated/ops.h"
 #include "core/util.cuh"
@@ -21,6 +22,12 @@ struct TwCtx {
     float* s_stage;    // [TW_STAGE_FLOATS]
     float* s_scratch;  // [TW_SCRATCH_FLOATS]
     long long step;    // 1-based global step number of this iteration
+    unsigned long long* s_body;   // traced launches: the task's body mark (shared), else nullptr
+
+    // Thread 0, after a barrier that ends the op's prologue: the trace's body mark.
+    __device__ __forceinline__ void mark_body() const {
+        if (s_body && threadIdx.x == 0) *s_body = tw_globaltimer_ns();
+    }
 
     __device__ const __nv_bfloat16* bf16(int wid) const {
         return reinterpret_cast<const __nv_bfloat16*>(wt[wid].a);

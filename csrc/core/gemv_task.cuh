@@ -10,6 +10,7 @@
 #include "core/context.cuh"
 #include "ops/gemv_bf16.cuh"
 #include "ops/gemv_mxfp4.cuh"
+#include "core/gemv_walk.cuh"
 
 enum TwWeightFormat { TW_FMT_BF16 = 0, TW_FMT_MXFP4 = 1 };
 
@@ -80,12 +81,19 @@ __device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g
                     o[n + i] = v;
                 }
             }
-        });
+        },
+        tw_warp_ring(c.s_stage));
 }
 
 // All compute threads; s_tok holds the input rows' source indices.
 __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
-    const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage);
+    // GEMV tasks leave the scratch free: it takes the norm weight when the row fits.
+    const bool wn_fits = g.k <= TW_SCRATCH_FLOATS && (g.k & 7) == 0
+                         && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
+    float* wn_smem = wn_fits ? c.s_scratch : nullptr;
+    const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
+                                  TW_X_STAGE_FLOATS, wn_smem);
+    c.mark_body();
     if (g.fmt == TW_FMT_MXFP4)
         tw_gemv_run_core<TwFp4Core>(c, g, x);
     else

@@ -1,17 +1,38 @@
 // The software-pipelined walk every GEMV op shares.
 //
 // A warp owns groups of two weight rows (two output rows, or the gate and up rows of one
-// output) and streams each group in chunks (Core::chunks per row). The loads of the next
-// chunk (the next group's first, at a row's end) are issued before the FMAs of the
-// current one, so a warp always has a chunk of loads in flight: a warp alternating "load,
-// wait, compute" leaves HBM idle for the compute half and caps a short task at a fraction
-// of the SM's share of bandwidth.
+// output) and streams each group in chunks (Core::chunks per row) through its own ring
+// of TW_RING_DEPTH shared-memory slots: cp.async copies (core/cp_async.cuh) keep the
+// next TW_RING_DEPTH - 1 chunks in flight, across group boundaries, while the warp
+// computes one. Depth is what sets a short task's speed: an SM streaming its ~23 GB/s
+// share of HBM at ~1.5 us latency needs ~35 KB in flight (Little's law), and one 2 KB
+// register chunk per warp gave 14 KB and ~40% of the share.
 //
-// A Core provides: Ptrs (the group's two row pointers, null past the tile), Chunk (the
-// registers one chunk of loads fills), chunks(k), load(chunk, ptrs, k, i) and
-// fma(chunk, x, i, acc) accumulating acc[row of the pair][input row].
+// A Core provides: Ptrs (the group's two row pointers, null past the tile), Slot (one
+// chunk in shared memory), chunks(k), load(slot, ptrs, k, i) issuing the lane's copies of
+// chunk i, and fma(slot, x, i, acc) accumulating acc[row of the pair][input row].
 #pragma once
 #include "core/rows.cuh"
+#include "core/cp_async.cuh"
+
+// Ring geometry: slots of TW_RING_SLOT_BYTES (the larger core's Slot) per warp, at the end
+// of the stage; the input rows get the rest of it (TW_X_STAGE_FLOATS). Fewer slots for
+// more tokens: their staged rows need the room.
+#define TW_RING_SLOT_BYTES 2688
+#if TW_MAX_T >= 16
+#define TW_RING_DEPTH 2
+#elif TW_MAX_T > 1
+#define TW_RING_DEPTH 4
+#else
+#define TW_RING_DEPTH 6
+#endif
+#define TW_RING_FLOATS (TW_WARPS * TW_RING_DEPTH * TW_RING_SLOT_BYTES / 4)
+#define TW_X_STAGE_FLOATS (TW_STAGE_FLOATS - TW_RING_FLOATS)
+
+// This warp's ring (the stage is 16-byte aligned and slots are multiples of 16 bytes).
+__device__ __forceinline__ unsigned char* tw_warp_ring(float* stage) {
+    return reinterpret_cast<unsigned char*>(stage + TW_X_STAGE_FLOATS) + tw_warp() * TW_RING_DEPTH * TW_RING_SLOT_BYTES;
+}
 
 __device__ __forceinline__ void tw_zero_acc(float (&acc)[2][TW_MAX_T]) {
 #pragma unroll
@@ -24,30 +45,36 @@ __device__ __forceinline__ void tw_zero_acc(float (&acc)[2][TW_MAX_T]) {
 // called by every lane with the warp-reduced sums (acc[i][r] for r < x.n).
 template <class Core, class RowsOf, class Finish>
 __device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end, int stride, RowsOf rows_of,
-                                             Finish finish) {
+                                             Finish finish, unsigned char* ring) {
+    static_assert(sizeof(typename Core::Slot) <= TW_RING_SLOT_BYTES, "a chunk must fit a ring slot");
     if (first >= end) return;
     const int nc = Core::chunks(x.k);
-    int n = first, c = 0;
-    typename Core::Ptrs p = rows_of(n);
-    typename Core::Chunk cur;
-    Core::load(cur, p, x.k, 0);
+    auto slot = [&](int s) -> typename Core::Slot& {
+        return *reinterpret_cast<typename Core::Slot*>(ring + s * TW_RING_SLOT_BYTES);
+    };
+    // The load cursor (group ln, chunk lc) runs TW_RING_DEPTH chunks ahead. Every refill
+    // commits a group, empty past the end, so wait_group counts stay uniform.
+    int ln = first, lc = 0;
+    typename Core::Ptrs lp = rows_of(first);
+    auto refill = [&](int s) {
+        if (ln < end) {
+            Core::load(slot(s), lp, x.k, lc);
+            if (++lc == nc) {
+                lc = 0;
+                ln += stride;
+                if (ln < end) lp = rows_of(ln);
+            }
+        }
+        tw_cp_async_commit();
+    };
+#pragma unroll
+    for (int s = 0; s < TW_RING_DEPTH; ++s) refill(s);
     float acc[2][TW_MAX_T];
     tw_zero_acc(acc);
-    for (;;) {
-        int n2 = n, c2 = c + 1;
-        if (c2 == nc) {
-            c2 = 0;
-            n2 = n + stride;
-        }
-        const bool more = n2 < end;
-        typename Core::Ptrs p2 = p;
-        typename Core::Chunk nxt;
-        if (more) {
-            if (n2 != n) p2 = rows_of(n2);
-            Core::load(nxt, p2, x.k, c2);
-        }
-        Core::fma(cur, x, c, acc);
-        if (c2 == 0) {
+    for (int n = first, c = 0, s = 0;;) {
+        tw_cp_async_wait<TW_RING_DEPTH - 1>();   // this lane's copies of slot s have landed
+        Core::fma(slot(s), x, c, acc);
+        if (++c == nc) {
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -55,11 +82,14 @@ __device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end
                     if (r < x.n) acc[i][r] = tw_warp_sum(acc[i][r]);
             finish(n, acc);
             tw_zero_acc(acc);
+            c = 0;
+            n += stride;
+            if (n >= end) break;
         }
-        if (!more) break;
-        cur = nxt;
-        p = p2;
-        n = n2;
-        c = c2;
+        // Slot s was just read by this lane alone (shared loads long done by the time a
+        // global copy lands); refill it with the chunk TW_RING_DEPTH ahead.
+        refill(s);
+        s = s + 1 == TW_RING_DEPTH ? 0 : s + 1;
     }
+    tw_cp_async_wait<0>();   // nothing left in flight (only empty groups remain) before the ring is reused
 }

@@ -13,7 +13,7 @@
 #pragma once
 #include "core/util.cuh"
 
-#define TW_STAGE_FLOATS (40 * 1024)  // 160 KB of the dynamic shared memory
+#define TW_STAGE_FLOATS (44 * 1024)  // 176 KB of the dynamic shared memory
 
 // Index of element c of a staged row (rows are whole 32-float blocks).
 __device__ __forceinline__ int tw_swz(int c) { return c ^ (((c >> 5) & 7) << 2); }
@@ -42,11 +42,15 @@ struct TwRows {
 
 // Prepares `rows` for src rows tok[0..n) (the caller fills `tok_smem` first, then syncs).
 // All compute threads call it; it ends with a barrier.
+// The rows are staged when they fit `stage_floats`; `wn_smem` (k floats, or nullptr)
+// receives the norm weight in the staging pass, so its loads overlap the rows' instead of
+// following the sum of squares.
 __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
-                               const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem) {
+                               const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
+                               int stage_floats, float* wn_smem) {
     const int w = tw_warp(), lane = tw_lane();
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
-    const bool stage = n * k <= TW_STAGE_FLOATS && (k & 31) == 0 && (ld & 3) == 0
+    const bool stage = n * k <= stage_floats && (k & 31) == 0 && (ld & 3) == 0
                        && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
     if (stage) {
         const int k4 = k / 4;
@@ -55,6 +59,8 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
             reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * c4) >> 2] =
                 __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + c4);
         }
+        if (wn && wn_smem)
+            for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_bf16x8(wn + 8 * i, wn_smem + 8 * i);
         tw_sync();
     }
     for (int r = w; r < n; r += TW_WARPS) {
@@ -77,7 +83,8 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
             // Physical index i holds logical column tw_swz(i) (the swizzle is its own inverse).
             for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
                 const int r = i / k, c = i - r * k;
-                stage_smem[i] = stage_smem[i] * inv_smem[r] * tw_bf16(wn[tw_swz(c)]);
+                const float g = wn_smem ? wn_smem[tw_swz(c)] : tw_bf16(wn[tw_swz(c)]);
+                stage_smem[i] = stage_smem[i] * inv_smem[r] * g;
             }
             tw_sync();
         }

@@ -1,36 +1,43 @@
 // The bf16 GEMV core: acc[i][r] = sum_k x[r][k] * W_i[k] for two weight rows W_i (bf16)
-// and up to 16 input rows, fp32 accumulation. A chunk is TW_GEMV_UNROLL 16-byte loads per
-// row per lane (8 weights each), all issued before any is used; core/gemv_walk.cuh keeps
-// the next chunk's loads in flight while this one is consumed.
+// and up to 16 input rows, fp32 accumulation. A chunk is TW_GEMV_UNROLL 16-byte pieces per
+// row per lane (8 weights each), copied into a shared-memory ring slot; core/gemv_walk.cuh
+// keeps the ring's next chunks in flight while one is consumed.
 #pragma once
 #include "core/rows.cuh"
 #include "core/prefetch.cuh"
-#include "core/gemv_walk.cuh"
+#include "core/cp_async.cuh"
 
-#define TW_GEMV_UNROLL 4
+// 16-byte loads per row per lane per chunk: one chunk fills one ring slot (2 KB).
+#define TW_GEMV_UNROLL 2
 
 struct TwBf16Core {
     struct Ptrs {
         const __nv_bfloat16* w[2];
     };
-    struct Chunk {
-        uint4 v[2][TW_GEMV_UNROLL];
+    // A ring slot: each lane's 16-byte pieces, [row][unroll][lane].
+    struct Slot {
+        uint4 v[2][TW_GEMV_UNROLL][32];
     };
     static __device__ __forceinline__ int chunks(int k) { return (k + 256 * TW_GEMV_UNROLL - 1) / (256 * TW_GEMV_UNROLL); }
 
-    static __device__ __forceinline__ void load(Chunk& b, const Ptrs& p, int k, int chunk) {
-        const int c0 = chunk * 256 * TW_GEMV_UNROLL + tw_lane() * 8;
+    // Issues the lane's copies of one chunk into `slot` (zeros for a missing row).
+    static __device__ __forceinline__ void load(Slot& slot, const Ptrs& p, int k, int chunk) {
+        const int lane = tw_lane(), c0 = chunk * 256 * TW_GEMV_UNROLL + lane * 8;
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
             for (int u = 0; u < TW_GEMV_UNROLL; ++u) {
                 const int c = c0 + u * 256;
-                b.v[i][u] = (p.w[i] && c < k) ? __ldg(reinterpret_cast<const uint4*>(p.w[i] + c)) : make_uint4(0, 0, 0, 0);
+                if (c >= k) continue;   // fma skips it too
+                if (p.w[i])
+                    tw_cp_async16(&slot.v[i][u][lane], p.w[i] + c);
+                else
+                    slot.v[i][u][lane] = make_uint4(0, 0, 0, 0);
             }
     }
 
-    static __device__ __forceinline__ void fma(const Chunk& b, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
-        const int c0 = chunk * 256 * TW_GEMV_UNROLL + tw_lane() * 8;
+    static __device__ __forceinline__ void fma(const Slot& slot, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
+        const int lane = tw_lane(), c0 = chunk * 256 * TW_GEMV_UNROLL + lane * 8;
 #pragma unroll
         for (int u = 0; u < TW_GEMV_UNROLL; ++u) {
             const int c = c0 + u * 256;
@@ -38,7 +45,8 @@ struct TwBf16Core {
             float f[2][8];
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
-                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&b.v[i][u]);
+                const uint4 raw = slot.v[i][u][lane];
+                const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const float2 q = __bfloat1622float2(h[j]);

@@ -2,20 +2,16 @@
 // (low nibble = even k) with E8M0 scales [N, K/32]. Each lane decodes whole 32-element
 // blocks: 16 code bytes (one 16-byte load) and one scale byte; value = e2m1(code) *
 // 2^(scale - 127), exact in fp32 as in the reference; fp32 accumulation, the scale applied
-// once per block. A chunk is TW_MXFP4_UNROLL blocks per lane of both rows of a group;
-// core/gemv_walk.cuh keeps the next chunk's loads in flight while this one is consumed.
+// once per block. A chunk is TW_MXFP4_UNROLL blocks per lane of both rows of a group,
+// copied into a shared-memory ring slot; core/gemv_walk.cuh keeps the ring's next chunks
+// in flight while one is consumed.
 #pragma once
 #include "core/rows.cuh"
 #include "core/prefetch.cuh"
-#include "core/gemv_walk.cuh"
+#include "core/cp_async.cuh"
 
-// Blocks per lane in flight; one for the 16-token build, whose accumulators take the
-// registers.
-#if TW_MAX_T >= 16
-#define TW_MXFP4_UNROLL 1
-#else
+// Blocks per lane per chunk: one chunk fills one ring slot (core/gemv_walk.cuh).
 #define TW_MXFP4_UNROLL 2
-#endif
 
 __device__ __forceinline__ float tw_e8m0(unsigned int s) {
     // 2^(s-127): the exponent field for s >= 1, and the subnormal 2^-127 for s == 0.
@@ -39,33 +35,50 @@ struct TwFp4Core {
         const unsigned char* codes[2];
         const unsigned char* scales[2];
     };
-    struct Chunk {
-        uint4 raw[2][TW_MXFP4_UNROLL];
-        unsigned int sc[2][TW_MXFP4_UNROLL];
+    // A ring slot: each lane's 16-byte code blocks, the aligned 4-byte words holding their
+    // scales (cp.async copies 4-byte-aligned words) and each scale's byte within its word,
+    // [row][unroll][lane] (consecutive lanes, consecutive addresses).
+    struct Slot {
+        uint4 raw[2][TW_MXFP4_UNROLL][32];
+        unsigned int sc[2][TW_MXFP4_UNROLL][32];
+        unsigned char at[2][TW_MXFP4_UNROLL][32];
     };
     static __device__ __forceinline__ int chunks(int k) {
         return (k / 32 + 32 * TW_MXFP4_UNROLL - 1) / (32 * TW_MXFP4_UNROLL);
     }
 
-    static __device__ __forceinline__ void load(Chunk& b, const Ptrs& p, int k, int chunk) {
-        const int b0 = chunk * 32 * TW_MXFP4_UNROLL + tw_lane(), blocks = k / 32;
+    // Issues the lane's copies of one chunk into `slot` (zeros for a missing row).
+    static __device__ __forceinline__ void load(Slot& slot, const Ptrs& p, int k, int chunk) {
+        const int lane = tw_lane(), b0 = chunk * 32 * TW_MXFP4_UNROLL + lane, blocks = k / 32;
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
             for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
                 const int bl = b0 + u * 32;
-                const bool ok = p.codes[i] && bl < blocks;
-                b.raw[i][u] = ok ? __ldg(reinterpret_cast<const uint4*>(p.codes[i] + bl * 16)) : make_uint4(0, 0, 0, 0);
-                b.sc[i][u] = ok ? __ldg(p.scales[i] + bl) : 0u;
+                if (bl >= blocks) continue;   // fma skips it too
+                if (p.codes[i]) {
+                    tw_cp_async16(&slot.raw[i][u][lane], p.codes[i] + bl * 16);
+                    // The aligned word holding the scale (allocations are 4-byte granular).
+                    const unsigned long long a = reinterpret_cast<unsigned long long>(p.scales[i] + bl);
+                    tw_cp_async4(&slot.sc[i][u][lane], reinterpret_cast<const void*>(a & ~3ull));
+                    slot.at[i][u][lane] = static_cast<unsigned char>(a & 3);
+                } else {
+                    slot.raw[i][u][lane] = make_uint4(0, 0, 0, 0);
+                    slot.sc[i][u][lane] = 0u;
+                    slot.at[i][u][lane] = 0;
+                }
             }
     }
 
-    static __device__ __forceinline__ void fma(const Chunk& b, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
-        const int b0 = chunk * 32 * TW_MXFP4_UNROLL + tw_lane(), blocks = x.k / 32;
+    static __device__ __forceinline__ void fma(const Slot& slot, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
+        const int lane = tw_lane(), b0 = chunk * 32 * TW_MXFP4_UNROLL + lane, blocks = x.k / 32;
 #pragma unroll
         for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
             const int bl = b0 + u * 32;
             if (bl >= blocks) continue;
+            const uint4 raw[2] = {slot.raw[0][u][lane], slot.raw[1][u][lane]};
+            const unsigned int sc[2] = {(slot.sc[0][u][lane] >> (8 * slot.at[0][u][lane])) & 0xffu,
+                                        (slot.sc[1][u][lane] >> (8 * slot.at[1][u][lane])) & 0xffu};
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r) {
                 if (r >= x.n) break;
@@ -75,7 +88,7 @@ struct TwFp4Core {
                     const float4 xv = x.at4(r, bl * 32 + 4 * q);
 #pragma unroll
                     for (int i = 0; i < 2; ++i) {
-                        const uint4& w = b.raw[i][u];
+                        const uint4& w = raw[i];
                         const unsigned int wq = (q >> 1) == 0 ? w.x : (q >> 1) == 1 ? w.y : (q >> 1) == 2 ? w.z : w.w;
                         const int sh = 16 * (q & 1);
                         s[i] += xv.x * tw_e2m1_scaled(wq, sh);
@@ -87,7 +100,7 @@ struct TwFp4Core {
                 // The block scale is a power of two: applying it to the block's partial sum
                 // equals applying it to every weight (no rounding differs).
 #pragma unroll
-                for (int i = 0; i < 2; ++i) acc[i][r] += s[i] * tw_e8m0(b.sc[i][u]);
+                for (int i = 0; i < 2; ++i) acc[i][r] += s[i] * tw_e8m0(sc[i]);
             }
         }
     }

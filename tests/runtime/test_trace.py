@@ -11,7 +11,7 @@ from tilewarp.pipeline.graph.step import build_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.schedule import DeviceModel, schedule
-from tilewarp.runtime.trace import TRACE_WORDS, chrome_trace, op_summary, records, stage_floor_summary
+from tilewarp.runtime.trace import TRACE_WORDS, TraceRecord, chrome_trace, op_summary, records, stage_floor_summary
 
 
 def program():
@@ -23,7 +23,7 @@ def fake_raw(p, cap):
     t = 1_000_000
     for w in range(p.workers):
         for i, task in enumerate(p.worker_tasks(w)[:cap].tolist()):
-            raw[w, i] = (task | (1 << 32), t, t + 500, t + 2500)
+            raw[w, i] = (task | (1 << 32), t, t + 500, t + 2500, t + 1000 if i % 2 else 0)
             t += 3000
     return raw.reshape(-1)
 
@@ -32,8 +32,10 @@ def test_records_stop_at_the_first_empty_slot_and_decode_task_and_step():
     p = program()
     recs = records(fake_raw(p, 8), p.workers, 8)
     assert len(recs) == sum(min(8, len(p.worker_tasks(w))) for w in range(p.workers))
-    w, task, step, t0, t1, t2 = recs[0]
-    assert (w, step) == (0, 1) and task == int(p.worker_tasks(0)[0]) and t0 < t1 < t2
+    r = recs[0]
+    assert (r.worker, r.step) == (0, 1) and r.task == int(p.worker_tasks(0)[0]) and r.fetched < r.ready < r.done
+    assert r.body == 0 and r.prologue_ns == 0                 # an op that marks no body
+    assert recs[1].body and recs[1].prologue_ns == 500        # body marked 500 ns after the op began
 
 
 def test_the_export_is_trace_event_json():
@@ -47,15 +49,17 @@ def test_the_export_is_trace_event_json():
         assert isinstance(e["name"], str) and isinstance(e["pid"], int) and isinstance(e["tid"], int)
         assert e["ts"] >= 0 and e["dur"] > 0
         assert {"task", "stage", "step"} <= set(e["args"])
+    assert any(e["args"].get("prologue_us") == 0.5 for e in xs if e["cat"] == "op")
     assert {e["name"] for e in xs if e["cat"] == "wait"} == {"wait"}
     assert "EMBED" in {e["name"] for e in xs if e["cat"] == "op"}
 
 
-def test_op_summary_adds_busy_and_wait_time_per_op():
+def test_op_summary_adds_busy_wait_and_prologue_time_per_op():
     p = program()
     recs = records(fake_raw(p, 8), p.workers, 8)
     summary = op_summary(recs, p)
     assert sum(s["count"] for s in summary.values()) == len(recs)
+    assert abs(sum(s["prologue_us"] for s in summary.values()) - 0.5 * sum(1 for r in recs if r.body)) < 1e-9
     for s in summary.values():
         assert abs(s["busy_us"] - 2.0 * s["count"]) < 1e-9 and abs(s["wait_us"] - 0.5 * s["count"]) < 1e-9
 
@@ -66,7 +70,8 @@ def test_each_op_is_timed_against_its_byte_floor_over_its_stages():
     op = p.desc["op"]
     stage = p.stages[0]
     tasks = [i for i in range(p.n_tasks) if p.stages[i] == stage][:2]
-    recs = [(0, tasks[0], 1, 0, 1_000, 3_000)] + ([(1, tasks[1], 1, 0, 2_000, 5_000)] if len(tasks) > 1 else [])
+    recs = [TraceRecord(0, tasks[0], 1, 0, 1_000, 3_000)] + \
+        ([TraceRecord(1, tasks[1], 1, 0, 2_000, 5_000)] if len(tasks) > 1 else [])
     task_bytes = [1e6] * p.n_tasks
     s = stage_floor_summary(recs, p, task_bytes, bandwidth=1e12)
     name = next(iter(s))
