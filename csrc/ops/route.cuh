@@ -50,6 +50,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
             }
         }
         if (lane == 0) {
+#pragma unroll 1   // an IEEE division per choice: unrolled, 4x its code for no gain
             for (int j = 0; j < k; ++j) {
                 float v = wts[r * 8 + j];
                 if (c.p->norm_topk_prob) v = v / (sum + 1e-20f);
@@ -58,9 +59,10 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
         }
     }
     tw_sync();
-    // The table, built in parallel (a serial pass over every expert cost ~10 us of the
-    // ~16 us this op took): slot of a used expert = used experts below it, counted from
-    // per-32-expert ballots.
+    // The table, built in parallel (it was a serial pass over every expert by one thread;
+    // the op went from ~16 to ~9 us): slot of a used expert = used experts below it, counted from
+    // per-32-expert ballots. Loops stay rolled: this code runs once per layer, cold in the
+    // instruction cache, so its size is its cost.
     const int f_count = 1 + slots, f_tokens = 1 + 2 * slots, f_slot = 1 + 2 * slots + slots * t;
     const int f_weight = f_slot + t * k, nb = (e + 31) / 32;
     for (int b = w; b < nb; b += TW_WARPS) {
@@ -72,10 +74,12 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
         if (!used[x]) continue;
         const int b = x >> 5;
         int n = __popc(masks[b] & ((1u << (x & 31)) - 1u));
+#pragma unroll 1
         for (int i = 0; i < b; ++i) n += __popc(masks[i]);
         used[x] = n + 1;   // slot + 1 (read back below, after the barrier)
         tab[1 + n] = x;
         int cnt = 0;
+#pragma unroll 1
         for (int r = 0; r < t; ++r) {
             bool hit = false;
             for (int j = 0; j < k; ++j) hit |= ids[r * 8 + j] == x;

@@ -17,11 +17,16 @@ __device__ __forceinline__ int tw_slot_expert(const TwCtx& c, int table_off, int
 __device__ bool tw_slot_tokens(const TwCtx& c, int table_off, int slot, int t, int* expert, int* count) {
     const int k = c.p->top_k, slots = min(t * k, c.p->num_experts);
     const int* tab = c.arena_i + table_off;
-    const int used = tw_ldi(tab);
+    // Every field's address is known up front: one round trip to L2 for all of them, not
+    // three dependent ones (the used count, then the slot's fields, then its tokens).
+    // Token entries past the slot's count are stale, never garbage reads: the table holds
+    // t entries per slot.
+    const int used = tw_ldi(tab), e = tw_ldi(tab + 1 + slot), n = tw_ldi(tab + 1 + slots + slot);
+    const int tok = threadIdx.x < t ? tw_ldi(tab + 1 + 2 * slots + slot * t + threadIdx.x) : 0;
     if (slot >= used) return false;
-    *expert = tw_ldi(tab + 1 + slot);
-    *count = tw_ldi(tab + 1 + slots + slot);
-    if (threadIdx.x < *count) c.s_tok[threadIdx.x] = tw_ldi(tab + 1 + 2 * slots + slot * t + threadIdx.x);
+    *expert = e;
+    *count = n;
+    if (threadIdx.x < n) c.s_tok[threadIdx.x] = tok;
     tw_sync();
     return true;
 }
