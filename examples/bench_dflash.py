@@ -1,0 +1,70 @@
+"""DFlash against plain decode on the GPU: one trained pair, the same held-out prompts, the
+same run, both on the megakernel (greedy, so both give the same tokens; the script checks).
+
+    python examples/bench_dflash.py --target models/stdlib-256/target --drafter models/stdlib-256/drafter
+
+Per mode: decode tokens/s (prefill excluded: the PyTorch prefill is the same for both),
+mean committed tokens per DFlash step, and the speed-up. Each prompt runs once to warm up
+(kernel build and load, caches), then `--repeats` times timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from tilewarp.pipeline.sampling import SamplingParams
+from tilewarp.runtime.engine import Engine
+
+from examples.train.eval_acceptance import load_prompt_texts
+
+
+def run(engine: Engine, prompts: list[list[int]], max_tokens: int, repeats: int) -> tuple[float, list[list[int]], list[int]]:
+    """Decode tokens/s (median over repeats of the whole prompt set), the tokens, the
+    committed counts of every DFlash step."""
+    params = SamplingParams(max_tokens=max_tokens)
+    outs = [engine.generate(p, params).tokens for p in prompts]   # warm-up
+    rates, committed = [], []
+    for _ in range(repeats):
+        n, secs = 0, 0.0
+        for p in prompts:
+            r = engine.generate(p, params)
+            n += len(r.tokens)
+            secs += r.decode_s
+            committed += r.committed_per_step
+        rates.append(n / secs)
+    return statistics.median(rates), outs, committed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", type=Path, default=Path("models/stdlib-256/target"))
+    ap.add_argument("--drafter", type=Path, default=Path("models/stdlib-256/drafter"))
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps-per-call", type=int, default=16, help="steps chained per kernel launch")
+    ap.add_argument("--backend", default="megakernel", choices=("megakernel", "cpu"),
+                    help="cpu: the CPU executor (checks the script anywhere; its speed means little)")
+    args = ap.parse_args(argv)
+    plain = Engine.from_checkpoint(args.target, backend=args.backend, steps_per_call=args.steps_per_call)
+    dflash = Engine.from_checkpoint(args.target, drafter_path=args.drafter, backend=args.backend,
+                                    steps_per_call=args.steps_per_call)
+    prompts = [plain.encode(t) for t in load_prompt_texts(args.target, args.prompts)]
+    plain_rate, plain_out, _ = run(plain, prompts, args.max_tokens, args.repeats)
+    df_rate, df_out, committed = run(dflash, prompts, args.max_tokens, args.repeats)
+    same = plain_out == df_out
+    mean = sum(committed) / max(len(committed), 1)
+    print(f"{plain.cfg.name}: {len(prompts)} held-out prompts x {args.max_tokens} tokens, greedy, "
+          f"{args.repeats} timed repeats, {args.steps_per_call} steps per launch")
+    print(f"{'mode':10s} {'tokens/s':>10s} {'committed/step':>15s}")
+    print(f"{'plain':10s} {plain_rate:10.1f} {1.0:15.2f}")
+    print(f"{'dflash':10s} {df_rate:10.1f} {mean:15.2f}")
+    print(f"speed-up {df_rate / plain_rate:.2f}x; DFlash tokens identical to plain greedy: {same}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
