@@ -92,7 +92,7 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
     float* wn_smem = wn_fits ? c.s_scratch : nullptr;
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
-                                  TW_X_STAGE_FLOATS, wn_smem);
+                                  TW_X_STAGE_FLOATS, wn_smem, g.fmt == TW_FMT_MXFP4 ? TW_MXFP4_X_SCALE : 1.f);
     c.mark_body();
     if (g.fmt == TW_FMT_MXFP4)
         tw_gemv_run_core<TwFp4Core>(c, g, x);

@@ -25,7 +25,7 @@ struct TwRows {
     int n;                     // rows
     int k;
     const __nv_bfloat16* wn;   // norm weight or nullptr
-    const float* inv;          // per-row 1/rms (shared memory), 1 when no norm
+    const float* inv;          // per-row factor (shared memory): 1/rms (1 with no norm) times the scale
     float* staged;             // shared memory [n][k] (swizzled) or nullptr
 
     __device__ __forceinline__ float at(int r, int c) const {
@@ -44,10 +44,11 @@ struct TwRows {
 // All compute threads call it; it ends with a barrier.
 // The rows are staged when they fit `stage_floats`; `wn_smem` (k floats, or nullptr)
 // receives the norm weight in the staging pass, so its loads overlap the rows' instead of
-// following the sum of squares.
+// following the sum of squares. Every row comes out times `xscale`, a power of two (so
+// exactly), folded into the per-row factor: 1 for bf16 weights, TW_MXFP4_X_SCALE for MXFP4.
 __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
                                const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
-                               int stage_floats, float* wn_smem) {
+                               int stage_floats, float* wn_smem, float xscale) {
     const int w = tw_warp(), lane = tw_lane();
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
     const bool stage = n * k <= stage_floats && (k & 31) == 0 && (ld & 3) == 0
@@ -63,28 +64,32 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
             for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_bf16x8(wn + 8 * i, wn_smem + 8 * i);
         tw_sync();
     }
-    for (int r = w; r < n; r += TW_WARPS) {
-        float ss = 0.f;
-        if (stage) {
-            for (int c = lane; c < k; c += 32) ss += stage_smem[r * k + c] * stage_smem[r * k + c];
-        } else {
-            const float* row = src + (long long)tok_smem[r] * ld;
-            for (int c = lane; c < k; c += 32) {
-                const float v = tw_ld(row + c);
-                ss += v * v;
+    if (wn) {   // the sum of squares only when there is a norm
+        for (int r = w; r < n; r += TW_WARPS) {
+            float ss = 0.f;
+            if (stage) {
+                for (int c = lane; c < k; c += 32) ss += stage_smem[r * k + c] * stage_smem[r * k + c];
+            } else {
+                const float* row = src + (long long)tok_smem[r] * ld;
+                for (int c = lane; c < k; c += 32) {
+                    const float v = tw_ld(row + c);
+                    ss += v * v;
+                }
             }
+            ss = tw_warp_sum(ss);
+            if (lane == 0) inv_smem[r] = rsqrtf(ss / (float)k + eps) * xscale;
         }
-        ss = tw_warp_sum(ss);
-        if (lane == 0) inv_smem[r] = wn ? rsqrtf(ss / (float)k + eps) : 1.f;
+    } else if (threadIdx.x < n) {
+        inv_smem[threadIdx.x] = xscale;
     }
     tw_sync();
     if (stage) {
-        if (wn) {
+        if (wn || xscale != 1.f) {
             // Physical index i holds logical column tw_swz(i) (the swizzle is its own inverse).
             for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
                 const int r = i / k, c = i - r * k;
-                const float g = wn_smem ? wn_smem[tw_swz(c)] : tw_bf16(wn[tw_swz(c)]);
-                stage_smem[i] = stage_smem[i] * inv_smem[r] * g;
+                const float v = stage_smem[i] * inv_smem[r];
+                stage_smem[i] = wn ? v * (wn_smem ? wn_smem[tw_swz(c)] : tw_bf16(wn[tw_swz(c)])) : v;
             }
             tw_sync();
         }

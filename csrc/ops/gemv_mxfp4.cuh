@@ -18,15 +18,20 @@ __device__ __forceinline__ float tw_e8m0(unsigned int s) {
     return s ? __int_as_float((int)(s << 23)) : __int_as_float(0x00400000);
 }
 
-// E2M1 code (s e1 e0 m) -> fp32 in two bit operations and one multiply: placing e1 e0 m
-// at fp32 bits 24..22 gives 2^(e-127) * (1 + m/2) for e > 0 and the subnormal
-// m * 2^-127 for e == 0, i.e. exactly value * 2^-126; one multiply by 2^126 restores
-// 0, .5, 1, 1.5, 2, 3, 4, 6 (and the sign bit passes straight through). Exact.
-#define TW_E2M1_FIX 8.507059173023462e37f   // 2^126
+// E2M1 code (s e1 e0 m) -> fp32 in two bit operations: placing e1 e0 m at fp32 bits
+// 24..22 gives 2^(e-127) * (1 + m/2) for e > 0 and the subnormal m * 2^-127 for e == 0,
+// i.e. exactly value * 2^-126 (the sign bit passes straight through). No multiply puts
+// the 2^126 back per code: the input rows of an MXFP4 GEMV are staged times 2^100
+// (TW_MXFP4_X_SCALE, exact), so each product is the true one times 2^-26, well inside
+// the normal range, and the block's partial sum is scaled back once (TW_MXFP4_UNSCALE,
+// exact) before its scale is applied. Every rounding is the unscaled one, times a power
+// of two: the same bits as decoding each code exactly (products below 2^-100 aside).
+#define TW_MXFP4_X_SCALE 1.2676506002282294e30f   // 2^100
+#define TW_MXFP4_UNSCALE 67108864.f               // 2^26 = 2^126 / 2^100
 
-__device__ __forceinline__ float tw_e2m1_scaled(unsigned int word, int shift) {
+__device__ __forceinline__ float tw_e2m1_raw(unsigned int word, int shift) {
     const unsigned int c = word >> shift;
-    return __int_as_float((int)(((c & 8u) << 28) | ((c & 7u) << 22))) * TW_E2M1_FIX;
+    return __int_as_float((int)(((c & 8u) << 28) | ((c & 7u) << 22)));
 }
 
 // Two MXFP4 rows: codes [k/2] and scales [k/32] each (null: no row).
@@ -94,16 +99,16 @@ struct TwFp4Core {
                         const uint4& w = raw[i];
                         const unsigned int wq = (q >> 1) == 0 ? w.x : (q >> 1) == 1 ? w.y : (q >> 1) == 2 ? w.z : w.w;
                         const int sh = 16 * (q & 1);
-                        s[i] += xv.x * tw_e2m1_scaled(wq, sh);
-                        s[i] += xv.y * tw_e2m1_scaled(wq, sh + 4);
-                        s[i] += xv.z * tw_e2m1_scaled(wq, sh + 8);
-                        s[i] += xv.w * tw_e2m1_scaled(wq, sh + 12);
+                        s[i] += xv.x * tw_e2m1_raw(wq, sh);
+                        s[i] += xv.y * tw_e2m1_raw(wq, sh + 4);
+                        s[i] += xv.z * tw_e2m1_raw(wq, sh + 8);
+                        s[i] += xv.w * tw_e2m1_raw(wq, sh + 12);
                     }
                 }
                 // The block scale is a power of two: applying it to the block's partial sum
                 // equals applying it to every weight (no rounding differs).
 #pragma unroll
-                for (int i = 0; i < 2; ++i) acc[i][r] += s[i] * tw_e8m0(sc[i]);
+                for (int i = 0; i < 2; ++i) acc[i][r] += (s[i] * TW_MXFP4_UNSCALE) * tw_e8m0(sc[i]);
             }
         }
     }
