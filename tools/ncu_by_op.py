@@ -22,12 +22,11 @@ _LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
 _ADDR = re.compile(r"/\*([0-9a-f]{4,})\*/")
 
 
-def line_table(cubin: Path, nvdisasm: str) -> dict[int, tuple[str, int]]:
-    """Instruction address -> (source file, line), from nvdisasm's line comments."""
-    out = subprocess.run([nvdisasm, "-g", "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+def parse_line_table(sass: str) -> dict[int, tuple[str, int]]:
+    """Instruction offset -> (source file, line), from `nvdisasm -g` output."""
     table: dict[int, tuple[str, int]] = {}
     where = ("?", 0)
-    for text in out.splitlines():
+    for text in sass.splitlines():
         m = _LINE.search(text)
         if m:
             where = (m.group(1), int(m.group(2)))
@@ -36,6 +35,11 @@ def line_table(cubin: Path, nvdisasm: str) -> dict[int, tuple[str, int]]:
         if m:
             table[int(m.group(1), 16)] = where
     return table
+
+
+def line_table(cubin: Path, nvdisasm: str) -> dict[int, tuple[str, int]]:
+    return parse_line_table(subprocess.run([nvdisasm, "-g", "-c", str(cubin)], check=True, capture_output=True,
+                                           text=True).stdout)
 
 
 def read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -58,6 +62,32 @@ def short(f: str) -> str:
     return f.split("/csrc/")[-1]
 
 
+def stall_reasons(head: list[str]) -> list[str]:
+    """The per-reason sample columns (all samples; the "(Not Issued)" copies are subsets)."""
+    return [h for h in head if h.startswith("stall_") and not h.endswith("(Not Issued)")]
+
+
+def fold(head: list[str], rows: list[list[str]], where: dict[int, tuple[str, int]]):
+    """Samples per file (total and per reason) and per (file, line). The kernel is one
+    function (every op inlined): its addresses, less the lowest, are the cubin's offsets
+    whether ncu prints them absolute or relative."""
+    col = {h: i for i, h in enumerate(head)}
+    total_col = next((h for h in head if h.startswith("Warp Stall Sampling (All")), None)
+    per_file: dict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+    per_line: defaultdict[tuple[str, int], float] = defaultdict(float)
+    addrs = [int(r[col["Address"]], 0) for r in rows]
+    base = min(addrs, default=0)
+    for r, a in zip(rows, addrs):
+        f, ln = where.get(a - base, ("?", 0))
+        f = short(f)
+        tot = number(r[col[total_col]]) if total_col else 0.0
+        per_file[f]["samples"] += tot
+        per_line[(f, ln)] += tot
+        for h in stall_reasons(head):
+            per_file[f][h] += number(r[col[h]])
+    return per_file, per_line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("csv", type=Path)
@@ -66,37 +96,18 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25, help="hottest source lines to list")
     args = ap.parse_args()
     head, rows = read_rows(args.csv)
-    col = {h: i for i, h in enumerate(head)}
-    total_col = next((h for h in head if h.startswith("Warp Stall Sampling (All")), None)
-    reasons = [h for h in head if h.startswith("stall_") or (h.startswith("Warp Stall Sampling") and h != total_col)]
-    print("columns:", ", ".join(head))
     cubin = max(args.cubin_dir.glob("*.cubin"), key=lambda p: p.stat().st_mtime)
-    where = line_table(cubin, args.nvdisasm)
-    per_file: dict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
-    per_line: defaultdict[tuple[str, int], float] = defaultdict(float)
-    # The kernel is one function (every op inlined): its addresses, less the lowest, are
-    # the cubin's offsets whether ncu prints them absolute or relative.
-    addrs = [int(r[col["Address"]], 0) for r in rows]
-    base = min(addrs, default=0)
-    for r, a in zip(rows, addrs):
-        addr = a - base
-        f, ln = where.get(addr, ("?", 0))
-        tot = number(r[col[total_col]]) if total_col else 0.0
-        per_file[short(f)]["samples"] += tot
-        per_line[(short(f), ln)] += tot
-        for h in reasons:
-            per_file[short(f)][h] += number(r[col[h]])
-        if "Instructions Executed" in col:
-            per_file[short(f)]["executed"] += number(r[col["Instructions Executed"]])
+    per_file, per_line = fold(head, rows, line_table(cubin, args.nvdisasm))
+    reasons = stall_reasons(head)
     grand = sum(v["samples"] for v in per_file.values()) or 1.0
-    print(f"\n{'file':28s} {'samples %':>9s}  top stall reasons (share of the file's samples)")
+    print(f"{'file':28s} {'samples %':>9s}  top stall reasons (share of the file's samples)")
     for f, v in sorted(per_file.items(), key=lambda kv: -kv[1]["samples"]):
         if v["samples"] <= 0:
             continue
         top = sorted(((h, v[h]) for h in reasons if v[h] > 0), key=lambda kv: -kv[1])[:4]
         desc = ", ".join(f"{h.replace('stall_', '')} {100 * x / v['samples']:.0f}%" for h, x in top)
         print(f"{f:28s} {100 * v['samples'] / grand:8.1f}%  {desc}")
-    print(f"\nhottest lines (% of all samples):")
+    print("\nhottest lines (% of all samples):")
     for (f, ln), s in sorted(per_line.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {100 * s / grand:5.1f}%  {f}:{ln}")
 
