@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -89,16 +89,19 @@ def op_summary(recs: list[TraceRecord], program: Program) -> dict[str, dict[str,
 
 
 def stage_floor_summary(recs: list[TraceRecord], program: Program,
-                        task_bytes: list[float], bandwidth: float) -> dict[str, dict[str, float]]:
+                        task_bytes: list[float], bandwidth: float,
+                        label: Callable[[str, str], str] | None = None) -> dict[str, dict[str, float]]:
     """Each op as a per-op micro-benchmark inside the real step: per op, summed over its
     stages (the tasks of one stage run together between two dependency points), the wall
     time from the stage's first start to its last finish, the bytes its tasks read
     (`task_bytes[task]`, the cost model's), and the op's byte floor at `bandwidth`
-    (bytes/s) as % of that wall time."""
+    (bytes/s) as % of that wall time. `label(op, stage)` may name the rows differently
+    (e.g. attention of global and of sliding-window layers apart); default: the op."""
     stages: dict[tuple[int, str], dict] = {}
     for r in recs:
-        st = stages.setdefault((r.step, program.stages[r.task]),
-                               {"op": Op(int(program.desc["op"][r.task])).name, "lo": r.ready, "hi": r.done, "bytes": 0.0})
+        op, stage = Op(int(program.desc["op"][r.task])).name, program.stages[r.task]
+        st = stages.setdefault((r.step, stage),
+                               {"op": label(op, stage) if label else op, "lo": r.ready, "hi": r.done, "bytes": 0.0})
         st["lo"], st["hi"] = min(st["lo"], r.ready), max(st["hi"], r.done)
         st["bytes"] += task_bytes[r.task]
     out: dict[str, dict[str, float]] = {}

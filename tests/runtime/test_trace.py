@@ -81,3 +81,13 @@ def test_each_op_is_timed_against_its_byte_floor_over_its_stages():
     assert got["stages"] == 1 and abs(got["wall_us"] - wall) < 1e-9
     assert abs(got["floor_us"] - len(tasks)) < 1e-9          # 1 MB per task at 1 TB/s = 1 us
     assert abs(got["pct_floor"] - 100 * len(tasks) / wall) < 1e-9
+
+
+def test_the_floor_summary_can_label_stages_its_own_way():
+    # e.g. attention of global and of sliding-window layers as two rows
+    p = program()
+    stage = p.stages[0]
+    task = next(i for i in range(p.n_tasks) if p.stages[i] == stage)
+    recs = [TraceRecord(0, task, 1, 0, 1_000, 3_000)]
+    s = stage_floor_summary(recs, p, [1e6] * p.n_tasks, bandwidth=1e12, label=lambda op, st: f"{op} @ {st}")
+    assert list(s) == [f"{Op(int(p.desc['op'][task])).name} @ {stage}"]
