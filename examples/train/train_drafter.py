@@ -15,8 +15,13 @@
    first sample ``--sample-prefix`` tokens at ``--temperature`` (varied contexts the target
    has not memorised) and continue greedily, and their anchors start after that prefix.
    Also greedy generations from every *valid* function prompt, for model selection.
-3. Train (the rest of the time): per step, a batch of generated sequences goes through the
-   frozen target once (fp32) for the hidden states at ``target_layer_ids``; ``--anchors``
+   With ``--cache-features`` (the default) each generated batch then goes through the frozen
+   target once (fp32, TF32 on a GPU) and its hidden states at ``target_layer_ids`` are kept on
+   the training device (``Generated.features``): the target does not train, so they are the
+   same every time a sequence is drawn, and recomputing them per step cost 35-58% of a step
+   on the CPU (README, "Next run").
+3. Train (the rest of the time): per step, a batch of generated sequences and its cached
+   hidden states (``--no-cache-features``: a fresh target forward per step); ``--anchors``
    random anchor positions per sequence (in the greedy part, as at inference) each give a
    block; loss = CE of slots 1..B-1 weighted ``exp(-(k-1)/gamma)`` (``drafter.draft_loss``).
    Only ``fc``, the draft layers, the norms and the MASK embedding train; the target's
@@ -32,6 +37,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -46,6 +52,8 @@ import torch
 from tokenizers import Tokenizer
 
 from tilewarp.pipeline.checkpoint import load_checkpoint
+from tilewarp.pipeline.config import ModelConfig
+from tilewarp.pipeline.dflash.config import DraftConfig
 from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 
@@ -56,7 +64,18 @@ from examples.train.generate import generate, prompt_batches, prompt_chunks
 from examples.train.model import TargetLM
 from examples.train.state import load_state, save_state
 
-Generated = tuple[torch.Tensor, int]       # ([rows, prompt + gen] tokens on the CPU, first anchor position)
+#: Device bytes left free for drafter training when the feature cache grows (generation stops
+#: before the cache would take them): a stdlib-256 step at batch 64 x 32 anchors peaks at a few GB.
+TRAIN_RESERVE_BYTES = 12 * 2**30
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One generation batch (all rows share the prompt length)."""
+
+    tokens: torch.Tensor                              # [rows, prompt + gen] on the CPU
+    start: int                                        # first anchor position (after any sampled prefix)
+    features: dict[int, torch.Tensor] | None = None   # target layer -> [rows, N, H] on the device, if cached
 
 
 @dataclass
@@ -88,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      ("anchors", int), ("lr", float), ("weight_decay", float), ("warmup", int), ("gamma", float),
                      ("log_every", float)):
         p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="default: the preset's")
+    p.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each generation's target hidden states on the device instead of a target "
+                        "forward per step (stdlib-256: 2 KB per token in bf16)")
+    p.add_argument("--drafter-layers", type=int, default=None, help="draft layers (default: the preset's)")
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds between valid evaluations")
     p.add_argument("--valid-batches", type=int, default=None,
                    help="valid generation batches of up to 32 prompts (default: every valid prompt)")
@@ -113,19 +136,26 @@ def prompt_pool(tok: Tokenizer, files: list[data.SourceFile], windows: int, gene
 
 def generate_set(target: TargetLM, batches: Iterable[torch.Tensor], count: int | None, budget: loop.Budget | None,
                  gen_len: int, greedy_frac: float, sample_prefix: int, temperature: float, device: torch.device,
-                 generator: torch.Generator) -> list[Generated]:
+                 generator: torch.Generator, cache_layers: tuple[int, ...] = ()) -> list[Generated]:
     """Generation batches until ``batches`` ends, ``count`` batches or the budget runs out (at
     least one). A ``greedy_frac`` share is greedy throughout; the others sample their first
-    ``sample_prefix`` tokens at ``temperature`` and their anchors start after them."""
+    ``sample_prefix`` tokens at ``temperature`` and their anchors start after them. With
+    ``cache_layers``, each batch's hidden states at those layers are cached (``cached_features``),
+    and generation also stops where the next batch's would leave less than
+    ``TRAIN_RESERVE_BYTES`` of device memory to training."""
     dev_gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     out: list[Generated] = []
     for p in batches:
         if out and ((count is not None and len(out) >= count) or (budget is not None and budget.done)):
             break
+        if out and cache_layers and device_room(device) < feature_bytes(out[-1]) + TRAIN_RESERVE_BYTES:
+            loop.say(f"[generate] stopping at {len(out)} batches: the feature cache would crowd out training")
+            break
         p = p.to(device)
         sampled = 0 if float(torch.rand(1, generator=generator)) < greedy_frac else sample_prefix
         seq = generate(target, p, gen_len, temperature=temperature, sampled=sampled, generator=dev_gen)
-        out.append((seq.cpu(), p.shape[1] + sampled))
+        feats = cached_features(target, seq, cache_layers) if cache_layers else None
+        out.append(Generated(seq.cpu(), p.shape[1] + sampled, feats))
     return out
 
 
@@ -135,11 +165,74 @@ def hidden_states(target: TargetLM, tokens: torch.Tensor, layers: tuple[int, ...
         return target(tokens, return_hidden=layers, logits="none").hidden
 
 
-def batch_of(gen: list[Generated], batch: int, generator: torch.Generator, device: torch.device
-             ) -> tuple[torch.Tensor, int]:
-    tokens, start = gen[int(torch.randint(0, len(gen), (1,), generator=generator))]
-    rows = torch.randperm(tokens.shape[0], generator=generator)[:batch]
-    return tokens[rows].to(device), start
+def feature_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU, fp32 on the CPU. Why bf16 changes nothing: the drafter reads the hidden
+    states only through ``fc`` under bf16 autocast, which rounds its input to bf16 first, so a bf16
+    copy is bit-identical to what ``fc`` reads from the fp32 forward, at half the bytes. The CPU
+    trains without autocast, so it keeps fp32 (and its tests stay exact)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def cached_features(target: TargetLM, tokens: torch.Tensor, layers: tuple[int, ...], chunk: int = 128
+                    ) -> dict[int, torch.Tensor]:
+    """``hidden_states`` of ``tokens [rows, N]`` (on the target's device) in ``feature_dtype``, ``chunk``
+    rows per forward (the dense-MoE activations of a whole 512-row batch would take several GB).
+
+    Bytes: rows x N x hidden x len(layers) x 2 on a GPU. stdlib-256 (hidden 256, 4 layers) keeps
+    2 KB per token: ~35 k sequences of prompt + 160 tokens (~240 on average, at most 320) are
+    ~17 GB (at most 23 GB) of the H100's 80 GB, against one target forward per step saved."""
+    dtype = feature_dtype(tokens.device)
+    parts = [hidden_states(target, rows, layers) for rows in tokens.split(chunk)]
+    return {k: torch.cat([p[k] for p in parts]).to(dtype) for k in layers}
+
+
+def feature_bytes(item: Generated) -> int:
+    """Bytes of one generation batch's cached features (0 when not cached)."""
+    return sum(t.numel() * t.element_size() for t in (item.features or {}).values())
+
+
+def device_room(device: torch.device) -> float:
+    """Bytes the device can still allocate (free + held by PyTorch's cache but unused); inf on the CPU."""
+    if device.type != "cuda":
+        return math.inf
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def context_features(target: TargetLM, item: Generated, rows: torch.Tensor | None, tokens: torch.Tensor,
+                     layers: tuple[int, ...]) -> dict[int, torch.Tensor]:
+    """The drafter's context for ``rows`` of ``item`` (all when None), whose tokens on the device are
+    ``tokens``: the cached features, else a fresh target forward (the same numbers: ``feature_dtype``)."""
+    if item.features is None:
+        return hidden_states(target, tokens, layers)
+    if rows is None:
+        return item.features
+    rows = rows.to(tokens.device)
+    return {k: item.features[k][rows] for k in layers}
+
+
+def batch_of(target: TargetLM, gen: list[Generated], batch: int, layers: tuple[int, ...],
+             generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, int, dict[int, torch.Tensor]]:
+    """``batch`` random rows of one random generation batch: tokens, first anchor, context features."""
+    item = gen[int(torch.randint(0, len(gen), (1,), generator=generator))]
+    rows = torch.randperm(item.tokens.shape[0], generator=generator)[:batch]
+    tokens = item.tokens[rows].to(device)
+    return tokens, item.start, context_features(target, item, rows, tokens, layers)
+
+
+def checked_drafter_config(preset: presets.Preset, target: ModelConfig, mask_id: int, layers: int | None
+                           ) -> DraftConfig:
+    """The preset's drafter, with ``layers`` draft layers if given, refused if the pair would not fit
+    ``presets.BUDGET_BYTES`` (each stdlib-256 layer is ~1.1 MB)."""
+    dcfg = preset.drafter(target, mask_id)
+    if layers is not None:
+        dcfg = dataclasses.replace(dcfg, num_layers=layers)
+    dcfg.check_target(target)
+    total = presets.stored_bytes(target) + presets.stored_bytes(dcfg) + presets.TOKENIZER_ALLOWANCE
+    if total > presets.BUDGET_BYTES:
+        raise SystemExit(f"{dcfg.num_layers} draft layers: the pair would be {total / 1e6:.2f} MB, over "
+                         f"{presets.BUDGET_BYTES / 1e6:.0f} MB")
+    return dcfg
 
 
 @dataclass(frozen=True)
@@ -155,11 +248,11 @@ def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Gen
     drafter.eval()
     tokens_walked = steps = 0
     commits_sum, anchors = 0, 0
-    for tokens, start in valid:
-        tokens = tokens.to(device)
-        hidden = hidden_states(target, tokens, drafter.cfg.target_layer_ids)
+    for item in valid:
+        tokens = item.tokens.to(device)
+        hidden = context_features(target, item, None, tokens, drafter.cfg.target_layer_ids)
         with loop.autocast(device):
-            commits = leading_commits(drafter, hidden, tokens, start, embed, lm_head)
+            commits = leading_commits(drafter, hidden, tokens, item.start, embed, lm_head)
         t, n = decoder_walk(commits)
         tokens_walked, steps = tokens_walked + t, steps + n
         commits_sum, anchors = commits_sum + int(commits.sum()), anchors + commits.numel()
@@ -181,8 +274,9 @@ def run(args: argparse.Namespace) -> DrafterResult:
     weights = load_checkpoint(args.target)
     tok = tokenizer.load_tokenizer(args.target)
     target = export.load_target(weights, device=device).requires_grad_(False)
-    dcfg = preset.drafter(weights.cfg, tokenizer.mask_id(tok))
-    dcfg.check_target(weights.cfg)
+    dcfg = checked_drafter_config(preset, weights.cfg, tokenizer.mask_id(tok), args.drafter_layers)
+    layers = dcfg.target_layer_ids
+    cache_layers = layers if args.cache_features else ()
     embed = target.model.embed_tokens.weight.detach()
     lm_head = target.lm_head_weight().detach()
     blk = dcfg.block_size
@@ -195,14 +289,16 @@ def run(args: argparse.Namespace) -> DrafterResult:
     valid_pool = prompt_pool(tok, corpus.files("valid"), windows=0, generator=g)
     say(f"[data] {corpus.summary()}; prompts: train {len(train_pool)}, valid {len(valid_pool)}")
     valid = generate_set(target, prompt_chunks(valid_pool, min(hp["gen_batch"], 32)), args.valid_batches, None,
-                         hp["gen_len"], 1.0, 0, 0.0, device, g)
+                         hp["gen_len"], 1.0, 0, 0.0, device, g, cache_layers)
     gen_budget = loop.Budget(args.minutes * hp["gen_frac"])
     gen = generate_set(target, prompt_batches(train_pool, hp["gen_batch"], generator=g), args.max_gen_batches,
                        gen_budget, hp["gen_len"], hp["greedy_frac"], hp["sample_prefix"], hp["temperature"],
-                       device, g)
-    result = DrafterResult(out=out, sequences=sum(t.shape[0] for t, _ in gen))
+                       device, g, cache_layers)
+    result = DrafterResult(out=out, sequences=sum(item.tokens.shape[0] for item in gen))
+    cached = sum(feature_bytes(item) for item in gen + valid)
     say(f"[generate] {result.sequences} sequences ({len(gen)} batches of {hp['gen_batch']}, {hp['gen_len']} new "
-        f"tokens) + {sum(t.shape[0] for t, _ in valid)} valid, in {budget.elapsed:.0f} s")
+        f"tokens) + {sum(item.tokens.shape[0] for item in valid)} valid, in {budget.elapsed:.0f} s; "
+        + (f"target features cached: {cached / 1e9:.2f} GB" if cache_layers else "target features per step"))
 
     drafter = TrainableDrafter(dcfg).to(device)
     opt = loop.adamw(drafter.named_parameters(), hp["lr"], hp["weight_decay"], device)
@@ -217,8 +313,7 @@ def run(args: argparse.Namespace) -> DrafterResult:
     while not budget.done and (args.max_steps is None or result.steps - start_step < args.max_steps):
         frac = (budget.fraction - train_start) / max(1e-9, 1 - train_start)
         loop.set_lr(opt, loop.lr_at(result.steps, frac, hp["lr"], hp["warmup"]))
-        tokens, start = batch_of(gen, hp["batch"], g, device)
-        hidden = hidden_states(target, tokens, dcfg.target_layer_ids)
+        tokens, start, hidden = batch_of(target, gen, hp["batch"], layers, g, device)
         anchors = sample_anchors(tokens.shape[0], hp["anchors"], start, tokens.shape[1] - blk, g).to(device)
         with loop.autocast(device):
             loss, stats = draft_loss(drafter, hidden, tokens, anchors, embed, lm_head, hp["gamma"])
@@ -266,8 +361,7 @@ def run(args: argparse.Namespace) -> DrafterResult:
 @torch.no_grad()
 def check_export(drafter: TrainableDrafter, out: Path, target_dir: str, gen: Generated) -> float:
     """``DraftModel`` on the written drafter vs the trainable drafter, one block of one generation."""
-    tokens, plen = gen
-    seq = tokens[0]
+    seq, plen = gen.tokens[0], gen.start
     weights = load_checkpoint(target_dir)
     dm = DraftModel(drafter.cfg, load_draft_checkpoint(out), weights, capacity=seq.numel() + drafter.cfg.block_size)
     target = export.load_target(weights)

@@ -15,6 +15,8 @@ tests then check what the GPU runs will rely on:
   decoder's steps;
 * KV-cached generation writes what rerunning the whole sequence per token writes, and a
   sampled start is followed by the greedy continuation of what it sampled;
+* the drafter trainer's feature cache is the target forward it replaces (same features,
+  same losses; bf16 on a GPU is what the autocast ``fc`` reads anyway);
 * ``Engine.from_checkpoint`` loads the export (with its tokenizer.json) and generates text;
 * the pieces: splits, prompts, tokenizer round trip, sinks in SDPA, fake quantisation,
   resumable state, and the shipped preset's byte budget.
@@ -148,6 +150,49 @@ def test_drafter_loss_decreases(drafter_run):
     assert len(losses) == 20
     assert _mean(losses[-4:]) < _mean(losses[:4]) - 0.3, losses
     assert drafter_run.draft_max_diff < 1e-3
+
+
+def test_cached_features_are_the_recomputed_ones(target_run):
+    """The feature cache holds, for any rows drawn, what a target forward on those rows gives."""
+    weights = load_checkpoint(target_run.out)
+    target = load_target(weights)
+    layers = presets.get("toy").drafter(weights.cfg, 1).target_layer_ids
+    g = torch.Generator().manual_seed(0)
+    [item] = train_drafter.generate_set(target, [torch.randint(2, 300, (6, 20), generator=g)], None, None, 16, 0.0,
+                                        4, 1.0, torch.device("cpu"), g, cache_layers=layers)
+    assert train_drafter.feature_bytes(item) == 6 * 36 * weights.cfg.hidden_size * len(layers) * 4
+    rows = torch.tensor([4, 1, 3])
+    cached = train_drafter.context_features(target, item, rows, item.tokens[rows], layers)
+    fresh = train_drafter.hidden_states(target, item.tokens[rows], layers)
+    assert all(torch.equal(cached[k], fresh[k]) for k in layers)
+
+
+def test_training_on_cached_features_is_training_without(target_run, drafter_run, tmp_path):
+    """Same seed, same data: the per-step target forward and the cache give the same losses."""
+    args = train_drafter.parse_args(COMMON + [
+        "--target", str(target_run.out), "--out", str(tmp_path / "drafter"), "--max-gen-batches", "1",
+        "--gen-batch", "8", "--gen-len", "32", "--batch", "8", "--anchors", "6", "--valid-batches", "1",
+        "--eval-every", "1000", "--lr", "1e-2", "--no-cache-features"])
+    uncached = train_drafter.run(args)
+    assert uncached.losses == pytest.approx(drafter_run.losses, rel=1e-5, abs=0)
+
+
+def test_bf16_features_are_what_the_autocast_fc_reads(drafter_run):
+    """Why the GPU cache may be bf16: under bf16 autocast ``fc`` rounds fp32 features to bf16 anyway."""
+    drafter = drafter_run.drafter
+    g = torch.Generator().manual_seed(0)
+    hidden = {k: torch.randn(2, 9, drafter.cfg.hidden_size, generator=g) * 3 for k in drafter.cfg.target_layer_ids}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(drafter.context(hidden), drafter.context({k: v.bfloat16() for k, v in hidden.items()}))
+
+
+def test_drafter_layers_option_keeps_the_budget():
+    p = presets.get("stdlib-256")
+    target = p.target(p.vocab_size)
+    assert train_drafter.checked_drafter_config(p, target, 1, None) == p.drafter(target, 1)
+    assert train_drafter.checked_drafter_config(p, target, 1, 6).num_layers == 6
+    with pytest.raises(SystemExit, match="over 25 MB"):
+        train_drafter.checked_drafter_config(p, target, 1, 7)
 
 
 def _decoder_steps(target_dir, drafter_dir, prompt_ids: list[int]
