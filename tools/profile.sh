@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source tools/gpu_env.sh
 export PATH=$PATH:/usr/local/cuda/bin
 [ $# -gt 0 ] || set -- tools/sanitize_tiny.py
-# A fresh build cache: the one cubin in it is the profiled one (ncu_by_op.py reads its lines).
+# A fresh build cache, so the profiled cubin is found (ncu_by_op.py reads its line table).
 export TILEWARP_CACHE_DIR=$(mktemp -d)
 # Leave the clocks as they are (--clock-control none): the machine is shared.
 # NCU_SECTIONS narrows what is collected (fewer replay passes on a big model).
@@ -20,5 +20,6 @@ echo "ncu rc=$?"; tail -3 "$OUT/ncu_run.log"
 ncu --import "$OUT/megakernel.ncu-rep" --page details > "$OUT/ncu_details.txt" 2>&1
 ncu --import "$OUT/megakernel.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_sass.csv" 2>&1
 grep -E "Duration|Memory Throughput|DRAM Throughput|Registers Per Thread|Achieved Occupancy|Compute \(SM\) Throughput|L2 Cache Throughput|Warp Cycles Per Issued|Issue Slots Busy" "$OUT/ncu_details.txt" | head -20
-cp "$TILEWARP_CACHE_DIR"/*.cubin "$OUT/megakernel.cubin"
+# The profiled launch is the first one: the first cubin built (a script may build more).
+cp "$(ls -tr "$TILEWARP_CACHE_DIR"/*.cubin | head -1)" "$OUT/megakernel.cubin"
 python3 -P tools/ncu_by_op.py "$OUT/ncu_sass.csv" --cubin-dir "$OUT" | tee "$OUT/ncu_by_op.txt"
