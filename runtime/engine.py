@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Generator, Iterator, Literal, Sequence
 
 import torch
 
@@ -207,12 +207,8 @@ class Engine:
         self.last = GenerationResult(out, len(prompt), t1 - t0, 0.0)
         chunk = [token]
         while True:
-            for tk in chunk:
-                out.append(tk)
-                self.last.decode_s = time.perf_counter() - t1
-                yield tk
-                if tk in params.stop_tokens or len(out) >= params.max_tokens:
-                    return
+            if (yield from self._emit(chunk, params, t1)):
+                return
             token = chunk[-1]
             if greedy:
                 chunk = self._backend.feed_greedy(token, min(self.steps_per_call, params.max_tokens - len(out)))
@@ -229,20 +225,27 @@ class Engine:
             steps = DFlashDecoder(self.model, self.draft_model, params).generate(prompt, params.max_tokens)
         chunk: list[int] | None = next(steps)
         t1 = time.perf_counter()
-        out: list[int] = []
-        self.last = GenerationResult(out, len(prompt), t1 - t0, 0.0)
+        self.last = GenerationResult([], len(prompt), t1 - t0, 0.0)
         while chunk is not None:
-            for tk in chunk:
-                out.append(tk)
-                self.last.decode_s = time.perf_counter() - t1
-                yield tk
-                # Both loops end the request here themselves; checked again so that the
-                # Engine's stop / max_tokens contract does not rest on their bookkeeping.
-                if tk in params.stop_tokens or len(out) >= params.max_tokens:
-                    return
+            # Both DFlash loops end the request themselves; _emit checks again so that the
+            # Engine's stop / max_tokens contract does not rest on their bookkeeping.
+            if (yield from self._emit(chunk, params, t1)):
+                return
             chunk = next(steps, None)
             if chunk is not None:
                 self.last.committed_per_step.append(len(chunk))
+
+    def _emit(self, chunk: list[int], params: SamplingParams, t1: float) -> Generator[int, None, bool]:
+        """Yield a chunk's tokens into `self.last`; True once a stop token or max_tokens ends
+        the request."""
+        assert self.last is not None
+        for tk in chunk:
+            self.last.tokens.append(tk)
+            self.last.decode_s = time.perf_counter() - t1
+            yield tk
+            if tk in params.stop_tokens or len(self.last.tokens) >= params.max_tokens:
+                return True
+        return False
 
     def generate(self, prompt: Sequence[int], params: SamplingParams | None = None) -> GenerationResult:
         """Blocking form of `stream`."""

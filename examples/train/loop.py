@@ -36,6 +36,17 @@ def setup(device: torch.device, seed: int, threads: int | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def start(args, defaults: dict) -> tuple[dict, torch.device]:
+    """What every training script does first: the hyper-parameters (a flag given on the
+    command line wins over the preset's default), the device, seeding and threads, and an
+    `[env]` log line."""
+    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in defaults.items()}
+    device = pick_device(args.device)
+    setup(device, args.seed, args.threads)
+    say(f"[env] {environment()}")
+    return hp, device
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on the GPU; fp32 on the CPU (CPU bf16 matmuls are slow on most hosts)."""
     if device.type == "cuda":

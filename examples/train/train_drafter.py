@@ -262,11 +262,8 @@ def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Gen
 
 def run(args: argparse.Namespace) -> DrafterResult:
     preset = presets.get(args.preset)
-    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in preset.drafter_train.items()}
-    device = loop.pick_device(args.device)
-    loop.setup(device, args.seed, args.threads)
+    hp, device = loop.start(args, preset.drafter_train)
     say = loop.say
-    say(f"[env] {loop.environment()}")
     budget = loop.Budget(args.minutes)
     out = Path(args.out)
     g = torch.Generator().manual_seed(args.seed)

@@ -95,11 +95,8 @@ def eval_loss(model: TargetLM, batches: list[torch.Tensor], device: torch.device
 
 def run(args: argparse.Namespace) -> TargetResult:
     preset = presets.get(args.preset)
-    hp = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in preset.target_train.items()}
-    device = loop.pick_device(args.device)
-    loop.setup(device, args.seed, args.threads)
+    hp, device = loop.start(args, preset.target_train)
     say = loop.say
-    say(f"[env] {loop.environment()}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
