@@ -34,6 +34,7 @@ from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
 from .nvrtc_build import compile_cubin, csrc_dir
+from .mxfp4_mma import pack_codes, pack_scales
 from .trace import TRACE_WORDS, TraceRecord, records
 
 log = logging.getLogger("tilewarp.megakernel")
@@ -92,6 +93,20 @@ def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
     main = csrc_dir() / "megakernel.cu"
     return compile_cubin(main, name=str(main), cache_dir=cache_dir,
                          defines={"TW_MAX_T": max_t_bucket(tokens)})
+
+
+def device_layout(kind: str, entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A weight as the megakernel reads it: MXFP4 expert banks in the tensor-core fragment
+    order (runtime/mxfp4_mma.py; rows n0:n1 keep their byte ranges, so descriptors and
+    prefetches are unchanged), everything else as the weight table gives it."""
+    if kind != "mxfp4_bank":
+        return entry
+    codes, scales = entry["codes"].cpu().numpy(), entry["scales"].cpu().numpy()
+    try:
+        return {"codes": torch.from_numpy(pack_codes(codes).view(np.uint8).reshape(codes.shape)),
+                "scales": torch.from_numpy(pack_scales(scales).reshape(scales.shape))}
+    except ValueError as e:
+        raise DeviceError(f"MXFP4 expert bank {tuple(codes.shape)}: {e}") from e
 
 
 def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
@@ -161,8 +176,9 @@ class MegakernelRunner:
         self.trace_cap = trace_cap
         self.tracing = trace_cap > 0
         self.trace = torch.zeros(max(1, program.workers * trace_cap * TRACE_WORDS), dtype=torch.int64, device=self.dev)
-        self.tables = [{k: v.to(self.dev).contiguous() for k, v in entry.items()}
-                       for entry in self._weight_entries(program, weights)]
+        decls = sorted(program.weights, key=lambda d: d.index)
+        self.tables = [{k: v.to(self.dev).contiguous() for k, v in device_layout(d.kind, entry).items()}
+                       for d, entry in zip(decls, self._weight_entries(program, weights))]
         wt = np.zeros(len(program.weights), dtype=WEIGHT_DTYPE)
         for w in program.weights:
             entry = self.tables[w.index]

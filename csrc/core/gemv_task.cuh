@@ -8,32 +8,10 @@
 // per task). Shared, the hot loops stay warm from one GEMV task to the next.
 #pragma once
 #include "core/context.cuh"
+#include "core/gemv_desc.cuh"
 #include "ops/gemv_bf16.cuh"
 #include "ops/gemv_mxfp4.cuh"
 #include "core/gemv_walk.cuh"
-
-enum TwWeightFormat { TW_FMT_BF16 = 0, TW_FMT_MXFP4 = 1 };
-
-struct TwGemv {
-    // Input rows: src rows s_tok[0..n) (the decoder fills s_tok), k floats, fused RMSNorm.
-    const float* x;
-    int x_ld, n, k;
-    const __nv_bfloat16* norm;        // nullptr: no norm
-    // Weights: a bf16 matrix [N, k], or an MXFP4 one (codes [N, k/2], scales [N, k/32]).
-    int fmt;
-    const void* w;
-    const unsigned char* w_scales;
-    const void* w2;                   // gated: the up matrix (w is the gate), else nullptr
-    const unsigned char* w2_scales;
-    int n0, n1;                       // output rows
-    // Epilogue: out[row(r) * out_ld + n] = v (+ resid[r * resid_ld + n]), row(r) = s_tok[r]
-    // when scatter, else r; gated: v = silu(gate) * up.
-    float* out;
-    int out_ld;
-    const float* resid;
-    int resid_ld;
-    bool scatter;
-};
 
 // Row pointers of a group: rows n and n + 1 of w, or (gated) row n of w and of w2.
 template <class Core>
@@ -44,16 +22,6 @@ __device__ __forceinline__ TwBf16Core::Ptrs tw_gemv_group<TwBf16Core>(const TwGe
     const __nv_bfloat16* w = static_cast<const __nv_bfloat16*>(g.w);
     if (g.w2) return {{w + (long long)n * g.k, static_cast<const __nv_bfloat16*>(g.w2) + (long long)n * g.k}};
     return {{w + (long long)n * g.k, n + 1 < g.n1 ? w + (long long)(n + 1) * g.k : nullptr}};
-}
-
-template <>
-__device__ __forceinline__ TwFp4Core::Ptrs tw_gemv_group<TwFp4Core>(const TwGemv& g, int n) {
-    const long long cb = g.k / 2, sb = g.k / 32;
-    const unsigned char* w = static_cast<const unsigned char*>(g.w);
-    if (g.w2)
-        return {{w + n * cb, static_cast<const unsigned char*>(g.w2) + n * cb}, {g.w_scales + n * sb, g.w2_scales + n * sb}};
-    const bool two = n + 1 < g.n1;
-    return {{w + n * cb, two ? w + (n + 1) * cb : nullptr}, {g.w_scales + n * sb, two ? g.w_scales + (n + 1) * sb : nullptr}};
 }
 
 template <class Core>
@@ -92,10 +60,10 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
     float* wn_smem = wn_fits ? c.s_scratch : nullptr;
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
-                                  TW_X_STAGE_FLOATS, wn_smem, g.fmt == TW_FMT_MXFP4 ? TW_MXFP4_X_SCALE : 1.f);
+                                  TW_X_STAGE_FLOATS, wn_smem, g.fmt == TW_FMT_MXFP4 ? TW_MMA_X_SCALE : 1.f);
     c.mark_body();
     if (g.fmt == TW_FMT_MXFP4)
-        tw_gemv_run_core<TwFp4Core>(c, g, x);
+        tw_gemv_mxfp4_mma(c, g, x);
     else
         tw_gemv_run_core<TwBf16Core>(c, g, x);
 }

@@ -16,10 +16,10 @@
 #include "core/rows.cuh"
 #include "core/cp_async.cuh"
 
-// Ring geometry: slots of TW_RING_SLOT_BYTES (the larger core's Slot) per warp, at the end
+// Ring geometry: slots of TW_RING_SLOT_BYTES (the bf16 core's Slot) per warp, at the end
 // of the stage; the input rows get the rest of it (TW_X_STAGE_FLOATS). Fewer slots for
 // more tokens: their staged rows need the room.
-#define TW_RING_SLOT_BYTES 2688
+#define TW_RING_SLOT_BYTES 2048
 #if TW_MAX_T >= 16
 #define TW_RING_DEPTH 2
 #elif TW_MAX_T > 1

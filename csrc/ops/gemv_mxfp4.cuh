@@ -1,118 +1,177 @@
-// The MXFP4 GEMV core: output rows of an expert weight stored as E2M1 codes [N, K/2]
-// (low nibble = even k) with E8M0 scales [N, K/32]. Each lane decodes whole 32-element
-// blocks: 16 code bytes (one 16-byte load) and one scale byte; value = e2m1(code) *
-// 2^(scale - 127), exact in fp32 as in the reference; fp32 accumulation, the scale applied
-// once per block. A chunk is TW_MXFP4_UNROLL blocks per lane of both rows of a group,
-// copied into a shared-memory ring slot; core/gemv_walk.cuh keeps the ring's next chunks
-// in flight while one is consumed.
+// The MXFP4 GEMV core (the experts): on tensor cores, mma.sync.m16n8k16 with the weights as the
+// A operand (16 rows x 16 k, fp16, exact) and the tokens as B (16 k x 8 tokens).
+//
+// Layout (runtime/mxfp4_mma.py): each 16 x 16 tile of codes is 32 words, a lane's word
+// holding its A fragment as nibbles (j, j + 4) -> half2 j; a row tile's words for all k
+// tiles are contiguous, so rows n0:n1 of an expert occupy the same bytes as in the
+// row-major layout. Scales: [row tile][32-k block][16 rows].
+//
+// Numbers: a code decodes to its E2M1 value x 2^-14 (exact fp16, subnormals included);
+// the input is staged x 2^-2 (exact) and split into hi + lo fp16 halves (two mmas, ~22
+// bits of the fp32 input; |x| < 2^18); each 32-k block accumulates fresh, then is scaled
+// back by 2^16 and by its rows' E8M0 scales in fp32.
+//
+// Work split: K is cut across the compute warps (tasks have few 16-row tiles: 3 gated
+// or 8 plain on mimo-mini); each warp accumulates every tile of a pass over its K range,
+// then the warps' C fragments are summed in shared memory in a fixed order.
 #pragma once
-#include "core/rows.cuh"
+#include <cuda_fp16.h>
+#include "core/gemv_desc.cuh"
 #include "core/prefetch.cuh"
-#include "core/cp_async.cuh"
-
-// Blocks per lane per chunk: one chunk fills one ring slot (core/gemv_walk.cuh).
-#define TW_MXFP4_UNROLL 2
 
 __device__ __forceinline__ float tw_e8m0(unsigned int s) {
     // 2^(s-127): the exponent field for s >= 1, and the subnormal 2^-127 for s == 0.
     return s ? __int_as_float((int)(s << 23)) : __int_as_float(0x00400000);
 }
 
-// E2M1 code (s e1 e0 m) -> fp32 in two bit operations: placing e1 e0 m at fp32 bits
-// 24..22 gives 2^(e-127) * (1 + m/2) for e > 0 and the subnormal m * 2^-127 for e == 0,
-// i.e. exactly value * 2^-126 (the sign bit passes straight through). No multiply puts
-// the 2^126 back per code: the input rows of an MXFP4 GEMV are staged times 2^100
-// (TW_MXFP4_X_SCALE, exact), so each product is the true one times 2^-26, well inside
-// the normal range, and the block's partial sum is scaled back once (TW_MXFP4_UNSCALE,
-// exact) before its scale is applied. Every rounding is the unscaled one, times a power
-// of two: the same bits as decoding each code exactly (products below 2^-100 aside).
-#define TW_MXFP4_X_SCALE 1.2676506002282294e30f   // 2^100
-#define TW_MXFP4_UNSCALE 67108864.f               // 2^26 = 2^126 / 2^100
 
-__device__ __forceinline__ float tw_e2m1_raw(unsigned int word, int shift) {
-    const unsigned int c = word >> shift;
-    return __int_as_float((int)(((c & 8u) << 28) | ((c & 7u) << 22)));
+#define TW_MMA_X_SCALE 0.25f          // 2^-2: the staged input, exact
+#define TW_MMA_UNSCALE 65536.f        // 2^16 = 2^14 (decode) * 2^2 (input)
+#define TW_MMA_TILES 8                // accumulator tiles per pass (registers: 4 floats each)
+
+// Half2 j (nibbles j and j + 4) of a fragment word: each E2M1 code x 2^-14 as fp16.
+template <int J>
+__device__ __forceinline__ unsigned int tw_e2m1x2_half2(unsigned int w) {
+    const unsigned int mag = (J <= 2 ? (w << (9 - 4 * J)) : (w >> (4 * J - 9))) & 0x0E000E00u;
+    return mag | ((w << (12 - 4 * J)) & 0x80008000u);
 }
 
-// Two MXFP4 rows: codes [k/2] and scales [k/32] each (null: no row).
-struct TwFp4Core {
-    struct Ptrs {
-        const unsigned char* codes[2];
-        const unsigned char* scales[2];
-    };
-    // A ring slot: each lane's 16-byte code blocks, the aligned 4-byte words holding their
-    // scales (cp.async copies 4-byte-aligned words) and each scale's byte within its word,
-    // [row][unroll][lane] (consecutive lanes, consecutive addresses).
-    struct Slot {
-        uint4 raw[2][TW_MXFP4_UNROLL][32];
-        unsigned int sc[2][TW_MXFP4_UNROLL][32];
-        unsigned char at[2][TW_MXFP4_UNROLL][32];
-    };
-    static __device__ __forceinline__ int chunks(int k) {
-        return (k / 32 + 32 * TW_MXFP4_UNROLL - 1) / (32 * TW_MXFP4_UNROLL);
-    }
+__device__ __forceinline__ void tw_mma16816(float (&d)[4], unsigned int a0, unsigned int a1, unsigned int a2,
+                                            unsigned int a3, unsigned int b0, unsigned int b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
 
-    // Issues the lane's copies of one chunk into `slot` (zeros for a missing row).
-    static __device__ __forceinline__ void load(Slot& slot, const Ptrs& p, int k, int chunk) {
-        const int lane = tw_lane(), b0 = chunk * 32 * TW_MXFP4_UNROLL + lane, blocks = k / 32;
+// One 32-k block of a pass: each tile's two fragment words (k16 steps) and its rows'
+// scales (rows gq and gq + 8).
+struct TwMmaBlock {
+    unsigned int w[TW_MMA_TILES][2];
+    unsigned int s[TW_MMA_TILES];   // scale of row gq | scale of row gq + 8 << 8
+};
+
+// Where a pass's tiles live: tiles 0..np-1 are rows (rt0 + i) of w, tiles np.. (gated) the
+// same rows of w2.
+struct TwMmaPass {
+    const TwGemv& g;
+    int rt0, np, ntile, kt_n, kb_n, lane, gq;
+};
+
+__device__ __forceinline__ void tw_mma_fetch(const TwMmaPass& p, int kb, TwMmaBlock& f) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < TW_MMA_TILES; ++i) {
+        if (i >= p.ntile) break;
+        const bool up = i >= p.np;
+        const int rt = p.rt0 + (up ? i - p.np : i);
+        const unsigned int* tile = static_cast<const unsigned int*>(up ? p.g.w2 : p.g.w) +
+                                   ((long long)rt * p.kt_n + 2 * kb) * 32 + p.lane;
+        const unsigned char* srow = (up ? p.g.w2_scales : p.g.w_scales) + ((long long)rt * p.kb_n + kb) * 16;
+        f.w[i][0] = __ldg(tile);
+        f.w[i][1] = __ldg(tile + 32);
+        f.s[i] = (unsigned int)__ldg(srow + p.gq) | ((unsigned int)__ldg(srow + p.gq + 8) << 8);
+    }
+}
+
+// (a, b) as fp16 hi and lo halves: a = hi.x + lo.x to ~22 bits.
+__device__ __forceinline__ void tw_split_half2(float a, float b, unsigned int& hi, unsigned int& lo) {
+    const __half2 h = __floats2half2_rn(a, b);
+    const float2 back = __half22float2(h);
+    const __half2 l = __floats2half2_rn(a - back.x, b - back.y);
+    hi = *reinterpret_cast<const unsigned int*>(&h);
+    lo = *reinterpret_cast<const unsigned int*>(&l);
+}
+
+// Rows n0:n1 (multiples of 16) of W (and of W2 when gated), MXFP4 in the fragment layout,
+// for the tokens of column tile ct (tokens 8ct .. 8ct + 7). Epilogue as TwGemv's: gated
+// silu(gate) * up, scatter by s_tok.
+__device__ void tw_gemv_mxfp4_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct) {
+    const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
+    const int kt_n = g.k / 16, kb_n = g.k / 32;
+    const int row_tiles = (g.n1 - g.n0) / 16, rt0 = g.n0 / 16;
+    const bool gated = g.w2 != nullptr;
+    // A pass covers up to TW_MMA_TILES accumulator tiles: gated, half gate and half up
+    // tiles of the same rows, so the epilogue finds both.
+    const int per_pass = gated ? TW_MMA_TILES / 2 : TW_MMA_TILES;
+    const int kb0 = w * kb_n / TW_WARPS, kb1 = (w + 1) * kb_n / TW_WARPS;
+    float* red = c.s_scratch;   // [TW_WARPS][TW_MMA_TILES][32 lanes][4]
+    for (int p0 = 0; p0 < row_tiles; p0 += per_pass) {
+        const int np = min(per_pass, row_tiles - p0), ntile = gated ? 2 * np : np;
+        float acc[TW_MMA_TILES][4];
 #pragma unroll
-            for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
-                const int bl = b0 + u * 32;
-                if (bl >= blocks) continue;   // fma skips it too
-                if (p.codes[i]) {
-                    tw_cp_async16(&slot.raw[i][u][lane], p.codes[i] + bl * 16);
-                    // The aligned word holding the scale (allocations are 4-byte granular).
-                    const unsigned long long a = reinterpret_cast<unsigned long long>(p.scales[i] + bl);
-                    tw_cp_async4(&slot.sc[i][u][lane], reinterpret_cast<const void*>(a & ~3ull));
-                    slot.at[i][u][lane] = static_cast<unsigned char>(a & 3);
-                } else {
-                    slot.raw[i][u][lane] = make_uint4(0, 0, 0, 0);
-                    slot.sc[i][u][lane] = 0u;
-                    slot.at[i][u][lane] = 0;
-                }
+        for (int i = 0; i < TW_MMA_TILES; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+        // The block's words and scales for every tile, one block ahead of the mmas (two
+        // register sets: the loads of block kb + 1 fly while block kb computes).
+        const TwMmaPass ps{g, rt0 + p0, np, ntile, kt_n, kb_n, lane, gq};
+        TwMmaBlock cur, nxt;
+        if (kb0 < kb1) tw_mma_fetch(ps, kb0, cur);
+        for (int kb = kb0; kb < kb1; ++kb) {
+            if (kb + 1 < kb1) tw_mma_fetch(ps, kb + 1, nxt);
+            // B fragments of the block's two k16 steps (token 8ct + gq, k 2tq, 2tq+1, +8,
+            // +9): once per block, shared by every tile.
+            unsigned int bh[2][2], bl[2][2];
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const int k0 = 32 * kb + 16 * s + 2 * tq, tok = 8 * ct + gq;
+                const bool on = tok < x.n;
+                tw_split_half2(on ? x.at(tok, k0) : 0.f, on ? x.at(tok, k0 + 1) : 0.f, bh[s][0], bl[s][0]);
+                tw_split_half2(on ? x.at(tok, k0 + 8) : 0.f, on ? x.at(tok, k0 + 9) : 0.f, bh[s][1], bl[s][1]);
             }
-    }
-
-    static __device__ __forceinline__ void fma(const Slot& slot, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
-        const int lane = tw_lane(), b0 = chunk * 32 * TW_MXFP4_UNROLL + lane, blocks = x.k / 32;
-        // One block's body (~7 instructions per code, 64 codes) is already long enough to
-        // keep the issue slots busy; unrolling blocks only doubled the code the instruction
-        // cache must hold (Nsight: a third of this loop's stalls were no_instruction).
-#pragma unroll 1
-        for (int u = 0; u < TW_MXFP4_UNROLL; ++u) {
-            const int bl = b0 + u * 32;
-            if (bl >= blocks) continue;
-            const uint4 raw[2] = {slot.raw[0][u][lane], slot.raw[1][u][lane]};
-            const unsigned int sc[2] = {(slot.sc[0][u][lane] >> (8 * slot.at[0][u][lane])) & 0xffu,
-                                        (slot.sc[1][u][lane] >> (8 * slot.at[1][u][lane])) & 0xffu};
 #pragma unroll
-            for (int r = 0; r < TW_MAX_T; ++r) {
-                if (r >= x.n) break;
-                float s[2] = {0.f, 0.f};
+            for (int i = 0; i < TW_MMA_TILES; ++i) {
+                if (i >= ntile) break;
+                float blk[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-                for (int q = 0; q < 8; ++q) {   // codes 4q..4q+3: word q / 2, nibbles from 16 * (q % 2)
-                    const float4 xv = x.at4(r, bl * 32 + 4 * q);
-#pragma unroll
-                    for (int i = 0; i < 2; ++i) {
-                        const uint4& w = raw[i];
-                        const unsigned int wq = (q >> 1) == 0 ? w.x : (q >> 1) == 1 ? w.y : (q >> 1) == 2 ? w.z : w.w;
-                        const int sh = 16 * (q & 1);
-                        s[i] += xv.x * tw_e2m1_raw(wq, sh);
-                        s[i] += xv.y * tw_e2m1_raw(wq, sh + 4);
-                        s[i] += xv.z * tw_e2m1_raw(wq, sh + 8);
-                        s[i] += xv.w * tw_e2m1_raw(wq, sh + 12);
-                    }
+                for (int s = 0; s < 2; ++s) {
+                    const unsigned int wd = cur.w[i][s];
+                    const unsigned int a0 = tw_e2m1x2_half2<0>(wd), a1 = tw_e2m1x2_half2<1>(wd);
+                    const unsigned int a2 = tw_e2m1x2_half2<2>(wd), a3 = tw_e2m1x2_half2<3>(wd);
+                    tw_mma16816(blk, a0, a1, a2, a3, bh[s][0], bh[s][1]);
+                    tw_mma16816(blk, a0, a1, a2, a3, bl[s][0], bl[s][1]);
                 }
-                // The block scale is a power of two: applying it to the block's partial sum
-                // equals applying it to every weight (no rounding differs).
+                // c0, c1: row gq; c2, c3: row gq + 8 (tokens 2tq, 2tq + 1).
+                const float lo = tw_e8m0(cur.s[i] & 0xffu), hi = tw_e8m0(cur.s[i] >> 8);
+                acc[i][0] += (blk[0] * TW_MMA_UNSCALE) * lo;
+                acc[i][1] += (blk[1] * TW_MMA_UNSCALE) * lo;
+                acc[i][2] += (blk[2] * TW_MMA_UNSCALE) * hi;
+                acc[i][3] += (blk[3] * TW_MMA_UNSCALE) * hi;
+            }
+            cur = nxt;
+        }
 #pragma unroll
-                for (int i = 0; i < 2; ++i) acc[i][r] += (s[i] * TW_MXFP4_UNSCALE) * tw_e8m0(sc[i]);
+        for (int i = 0; i < TW_MMA_TILES; ++i) {
+            if (i >= ntile) break;
+            *reinterpret_cast<float4*>(red + ((w * TW_MMA_TILES + i) * 32 + lane) * 4) =
+                make_float4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+        }
+        tw_sync();
+        // Epilogue: element (tile i, lane l, e) of the gate (or plain) tiles, summed over the
+        // warps in order; gated outputs combine tile i with its up tile i + np.
+        for (int idx = threadIdx.x; idx < np * 128; idx += TW_THREADS) {
+            const int i = idx >> 7, l = (idx >> 2) & 31, e = idx & 3;
+            const int tok = 8 * ct + 2 * (l & 3) + (e & 1), row = g.n0 + 16 * (p0 + i) + (l >> 2) + (e >= 2 ? 8 : 0);
+            if (tok >= x.n) continue;
+            float v = 0.f, u = 0.f;
+            for (int ww = 0; ww < TW_WARPS; ++ww) {
+                v += red[((ww * TW_MMA_TILES + i) * 32 + l) * 4 + e];
+                if (gated) u += red[((ww * TW_MMA_TILES + i + np) * 32 + l) * 4 + e];
+            }
+            float* o = g.out + (long long)(g.scatter ? c.s_tok[tok] : tok) * g.out_ld;
+            if (gated) {
+                o[row] = tw_silu(v) * u;
+            } else {
+                if (g.resid) v += tw_ld(g.resid + (long long)tok * g.resid_ld + row);
+                o[row] = v;
             }
         }
+        tw_sync();   // the scratch is reused by the next pass
     }
-};
+}
+
+// All compute threads, after the input rows are staged (times TW_MMA_X_SCALE).
+__device__ __forceinline__ void tw_gemv_mxfp4_mma(const TwCtx& c, const TwGemv& g, const TwRows& x) {
+    for (int ct = 0; 8 * ct < x.n; ++ct) tw_gemv_mxfp4_mma_cols(c, g, x, ct);
+}
 
 // Prefetch rows n0..n1 of one expert's MXFP4 weight: its codes, then its scales.
 __device__ __forceinline__ void tw_prefetch_rows_mxfp4(TwPrefetch& pf, const unsigned char* codes,

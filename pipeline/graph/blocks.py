@@ -153,7 +153,8 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
     wu = g.weight(f"{p}.experts.up", "mxfp4_bank", rows=inter, cols=hid, experts=e)
     wd = g.weight(f"{p}.experts.down", "mxfp4_bank", rows=hid, cols=inter, experts=e)
     wn = g.weight(f"{p}.norm_post", "vector", size=hid)
-    up_tiles = pol.split(inter, pol.tiles_for(slots * 2 * inter * hid * FP4, inter, share=1.0 / slots))
+    # Expert row tiles are whole 16-row mma tiles (csrc/ops/gemv_mxfp4.cuh).
+    up_tiles = pol.split(inter, pol.tiles_for(slots * 2 * inter * hid * FP4, inter, share=1.0 / slots), align=16)
     xa, h_all, tab, tab_all, act_ld = _x_args(h, wn), h.tile(), At(table), table.tile(), Ld(act)
     up_cost = {(n0, n1): Cost(2 * (n1 - n0) * hid * FP4, 4 * t * (n1 - n0) * hid) for n0, n1 in up_tiles}
     for s in range(slots):
@@ -165,7 +166,7 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
                    stage=stage, group=group, layer=layer, cost=up_cost[n0, n1])
 
     y = g.buffer(f"{p}.y", slots * t, hid)
-    down_tiles = pol.split(hid, pol.tiles_for(slots * hid * inter * FP4, hid, share=1.0 / slots))
+    down_tiles = pol.split(hid, pol.tiles_for(slots * hid * inter * FP4, hid, share=1.0 / slots), align=16)
     y_ld, stage = Ld(y), f"{p}.down"
     down = [(j, n0, n1, f"{p}.down.c{j}", Cost((n1 - n0) * inter * FP4, 2 * t * (n1 - n0) * inter))
             for j, (n0, n1) in enumerate(down_tiles)]

@@ -72,3 +72,31 @@ def test_an_mma_emulated_from_the_fragments_equals_the_dequantised_product():
 def test_shapes_off_the_tile_grid_are_refused():
     with pytest.raises(ValueError, match="rows % 16"):
         check_shape(24, 64)
+
+
+def test_the_megakernel_uploads_expert_banks_in_fragment_order_and_everything_else_as_is():
+    import torch
+
+    from tilewarp.pipeline.errors import DeviceError
+    from tilewarp.runtime.megakernel import device_layout
+    codes, scales = random_bank()
+    got = device_layout("mxfp4_bank", {"codes": torch.from_numpy(codes), "scales": torch.from_numpy(scales)})
+    assert got["codes"].shape == codes.shape and got["scales"].shape == scales.shape   # same bytes per row range
+    np.testing.assert_array_equal(got["codes"].numpy().reshape(-1).view(np.uint32), pack_codes(codes).reshape(-1))
+    np.testing.assert_array_equal(got["scales"].numpy().reshape(-1), pack_scales(scales).reshape(-1))
+    w = {"w": torch.ones(3, 4)}
+    assert device_layout("bf16", w) is w
+    with pytest.raises(DeviceError, match="rows % 16"):
+        device_layout("mxfp4_bank", {"codes": torch.zeros(1, 24, 32, dtype=torch.uint8),
+                                     "scales": torch.zeros(1, 24, 2, dtype=torch.uint8)})
+
+
+@pytest.mark.parametrize("name", ["tiny", "mimo-mini"])
+def test_expert_tasks_cover_whole_16_row_mma_tiles(name):
+    from tilewarp.pipeline.graph.ops import Op
+    from tilewarp.pipeline.graph.step import build_step
+    from tilewarp.pipeline.presets import preset
+    g = build_step(preset(name), 8, kind="verify", capacity=256)
+    for t in g.tasks:
+        if t.op in (Op.EXPERT_UP, Op.EXPERT_DOWN):
+            assert t.args["n0"] % 16 == 0 and t.args["n1"] % 16 == 0, (t.op, t.args["n0"], t.args["n1"])
