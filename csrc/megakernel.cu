@@ -162,6 +162,7 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
             }
             tw_sync();
             if (!go) return;
+            c.task = desc.task;
             tw_dispatch(c, desc.op, desc.args);
             tw_sync();
             if (threadIdx.x == 0) {

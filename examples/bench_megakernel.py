@@ -35,6 +35,47 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
     return nbytes / times[len(times) // 2]
 
 
+class DecodeBench:
+    """A random model of `cfg`, its decode program and a KV cache filled to `context - room`
+    tokens: what every megakernel timing of this shape shares."""
+
+    def __init__(self, cfg, context: int, room: int) -> None:
+        t0 = time.time()
+        self.weights = random_weights(cfg, 0)
+        print(f"random weights: {time.time() - t0:.1f} s")
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        self.graph = build_decode_step(cfg, capacity=context)
+        self.prog = lower(schedule(self.graph, DeviceModel(workers=sms)))
+        self.ref = ReferenceModel(self.weights, capacity=context, device="cuda")
+        # Random cache contents, length set (prefill cost is not measured here).
+        for k, v in zip(self.ref.cache.k, self.ref.cache.v):
+            k.normal_(0, 1)
+            v.normal_(0, 1)
+        self.start = context - room
+        self.ref.cache.length = self.start
+
+    def runner(self, trace_cap: int = 0) -> MegakernelRunner:
+        """A runner on the shared weights and cache (the cache rewound to its start length)."""
+        self.ref.cache.length = self.start
+        runner = MegakernelRunner(self.prog, self.weights, self.ref.cache, trace_cap=trace_cap)
+        runner.tracing = False
+        return runner
+
+
+def time_decode(runner: MegakernelRunner, steps: int, repeats: int) -> list[float]:
+    """ms per token of `repeats` launches of `steps` chained decode steps, sorted (one
+    untimed launch first: module load, caches)."""
+    runner.decode(1, steps)
+    times = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        runner.decode(1, steps)
+        e.record(); torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / steps)
+    return sorted(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="mimo-mini")
@@ -44,30 +85,10 @@ def main() -> None:
     ap.add_argument("--trace", default=None, help="write a Perfetto trace of one step here, and per-op times")
     args = ap.parse_args()
     cfg = preset(args.preset)
-    t0 = time.time()
-    w = random_weights(cfg, 0)
-    print(f"random weights: {time.time() - t0:.1f} s")
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    graph = build_decode_step(cfg, capacity=args.context)
-    prog = lower(schedule(graph, DeviceModel(workers=sms)))
-    ref = ReferenceModel(w, capacity=args.context, device="cuda")
-    start = args.context - args.steps * (args.repeats + 1) - 8
-    # Fill the context: random cache contents, length set (prefill cost is not measured here).
-    for k, v in zip(ref.cache.k, ref.cache.v):
-        k.normal_(0, 1)
-        v.normal_(0, 1)
-    ref.cache.length = start
-    runner = MegakernelRunner(prog, w, ref.cache, trace_cap=256 if args.trace else 0)
-    runner.tracing = False
-    runner.decode(1, args.steps)   # warm-up (module load, caches)
-    times = []
-    for _ in range(args.repeats):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        runner.decode(1, args.steps)
-        e.record(); torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / args.steps)
-    times.sort()
+    bench = DecodeBench(cfg, args.context, args.steps * (args.repeats + 1) + 8)
+    runner = bench.runner(trace_cap=256 if args.trace else 0)
+    times = time_decode(runner, args.steps, args.repeats)
+    prog, graph = bench.prog, bench.graph
     bw = copy_bandwidth()
     floor = step_bytes(cfg, 1, args.context).total / bw * 1e3
     ms = times[len(times) // 2]

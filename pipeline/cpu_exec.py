@@ -22,7 +22,7 @@ from .cpu_ops.context import Ctx
 from .dflash.kv_cache import DraftKVCache
 from .dflash.program_loop import begin_dflash_launch, end_dflash_launch
 from .dflash.weights import DraftWeights
-from .errors import GraphError, InputError
+from .errors import DeviceError, GraphError, InputError
 from .graph.ops import OPS, STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
 from .kv_cache import KVCache
 from .lower import Program
@@ -184,7 +184,10 @@ class CpuExecutor:
                     f"{self._ready(queues[w][cursor[w]], step[w])[1]}" for w in list(cursor)[:4]))
             w = rng.choice(ready) if order == "random" else ready[0]
             task = queues[w][cursor[w]]
-            IMPLS[self.ops[task]](self.ctx, self.args[task])
+            try:
+                IMPLS[self.ops[task]](self.ctx, self.args[task])
+            except DeviceError as e:   # name the task, as the megakernel's error record does
+                raise DeviceError(f"cpu executor at {self.p.describe(task)}: {e}") from e
             for e in self._signals[task]:
                 self.counters[e] += 1
             cursor[w] += 1

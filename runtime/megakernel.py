@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,21 +93,35 @@ def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
     # source view finds megakernel.cu itself (the headers are found through -I already).
     main = csrc_dir() / "megakernel.cu"
     return compile_cubin(main, name=str(main), cache_dir=cache_dir,
-                         defines={"TW_MAX_T": max_t_bucket(tokens)})
+                         defines={"TW_MAX_T": max_t_bucket(tokens), **extra_defines()})
 
 
-def device_layout(kind: str, entry: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A weight as the megakernel reads it: MXFP4 expert banks in the tensor-core fragment
-    order (runtime/mxfp4_mma.py; rows n0:n1 keep their byte ranges, so descriptors and
-    prefetches are unchanged), everything else as the weight table gives it."""
+def extra_defines() -> dict[str, str]:
+    """csrc tuning macros from TILEWARP_DEFINES ("NAME=VALUE,NAME=VALUE"): for kernel
+    experiments (tools/ab_defines.py) without editing the sources; part of the cache key."""
+    text = os.environ.get("TILEWARP_DEFINES", "").strip()
+    out: dict[str, str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if not name.isidentifier():
+            raise DeviceError(f"TILEWARP_DEFINES: {item!r} is not NAME=VALUE")
+        out[name] = value or "1"
+    return out
+
+
+def device_layout(kind: str, entry: dict[str, torch.Tensor], device: torch.device | str = "cpu",
+                  ) -> dict[str, torch.Tensor]:
+    """A weight as the megakernel reads it, on `device`: MXFP4 expert banks in the tensor-
+    core fragment order (runtime/mxfp4_mma.py, repacked after the copy, on the device; rows
+    n0:n1 keep their byte ranges, so descriptors and prefetches are unchanged), everything
+    else as the weight table gives it."""
+    moved = {k: v.to(device).contiguous() for k, v in entry.items()}
     if kind != "mxfp4_bank":
-        return entry
-    codes, scales = entry["codes"].cpu().numpy(), entry["scales"].cpu().numpy()
+        return moved
     try:
-        return {"codes": torch.from_numpy(pack_codes(codes).view(np.uint8).reshape(codes.shape)),
-                "scales": torch.from_numpy(pack_scales(scales).reshape(scales.shape))}
+        return {"codes": pack_codes(moved["codes"]), "scales": pack_scales(moved["scales"])}
     except ValueError as e:
-        raise DeviceError(f"MXFP4 expert bank {tuple(codes.shape)}: {e}") from e
+        raise DeviceError(f"MXFP4 expert bank {tuple(entry['codes'].shape)}: {e}") from e
 
 
 def _layer_table(cfg: ModelConfig, cache: KVCache) -> np.ndarray:
@@ -177,13 +192,16 @@ class MegakernelRunner:
         self.tracing = trace_cap > 0
         self.trace = torch.zeros(max(1, program.workers * trace_cap * TRACE_WORDS), dtype=torch.int64, device=self.dev)
         decls = sorted(program.weights, key=lambda d: d.index)
-        self.tables = [{k: v.to(self.dev).contiguous() for k, v in device_layout(d.kind, entry).items()}
+        self.tables = [device_layout(d.kind, entry, self.dev)
                        for d, entry in zip(decls, self._weight_entries(program, weights))]
         wt = np.zeros(len(program.weights), dtype=WEIGHT_DTYPE)
         for w in program.weights:
             entry = self.tables[w.index]
             a = entry.get("w", entry.get("codes", entry.get("cos")))
             b = entry.get("scales", entry.get("sin"))
+            if w.kind == "mxfp4_bank" and (a.data_ptr() | b.data_ptr()) & 15:
+                raise DeviceError(f"MXFP4 bank {w.name!r}: codes and scales must be 16-byte aligned "
+                                  "(the expert GEMV copies them with 16-byte cp.async)")
             wt[w.index] = (a.data_ptr(), 0 if b is None else b.data_ptr(), w.detail.get("rows", a.shape[0]),
                            w.detail.get("cols", w.detail.get("size", a.shape[-1])), w.detail.get("experts", 0),
                            WEIGHT_KINDS[w.kind])
@@ -256,6 +274,9 @@ class MegakernelRunner:
         if code == 1:
             raise DeviceTimeoutError(f"{msg}: event {int(st['event'])} reached {int(st['seen'])} of "
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
+        if code == 4:
+            raise DeviceError(f"{msg}: router scores of token {int(st['seen'])} hold NaN "
+                              "(the layer's input or router weights hold NaN or inf)")
         raise DeviceError(msg)
 
     def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,

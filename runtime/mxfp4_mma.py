@@ -1,5 +1,5 @@
 """MXFP4 expert weights in mma.sync fragment order, for the tensor-core expert GEMV
-(csrc/ops/gemv_mxfp4_mma.cuh).
+(csrc/ops/gemv_mxfp4.cuh).
 
 mma.sync.m16n8k16 (f16 x f16 -> f32) takes its A operand (16 rows x 16 k) as four half2
 registers per lane: with g = lane / 4 and t = lane % 4, a0a1 = A[g][2t, 2t+1],
@@ -18,6 +18,7 @@ for the tests.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 TILE = 16
 
@@ -38,27 +39,33 @@ def check_shape(n: int, k: int) -> None:
         raise ValueError(f"the tensor-core MXFP4 layout needs rows % 16 == 0 and k % 32 == 0, got {n} x {k}")
 
 
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """[E, N, K/2] uint8 -> [E, N/16, K/16, 32] uint32 in fragment order."""
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """[E, N, K/2] uint8 -> the same bytes in fragment order: [E, N/16, K/16, 32] little-
+    endian uint32 words, as a [E, N, K/2] uint8 tensor on the same device. In torch, so the
+    megakernel repacks a bank on the GPU at upload (numpy took ~2.6 s per mimo-mini bank)."""
     e, n, k2 = codes.shape
     check_shape(n, 2 * k2)
-    nib = np.empty((e, n, 2 * k2), dtype=np.uint8)
-    nib[..., 0::2] = codes & 0x0F
-    nib[..., 1::2] = codes >> 4
-    tiles = nib.reshape(e, n // TILE, TILE, 2 * k2 // TILE, TILE).transpose(0, 1, 3, 2, 4)
-    cells = fragment_cells()
-    picked = tiles[..., cells[..., 0], cells[..., 1]]          # [E, N/16, K/16, 32, 8]
-    words = np.zeros(picked.shape[:-1], dtype=np.uint32)
+    nib = torch.stack((codes & 0x0F, codes >> 4), dim=-1).reshape(e, n // TILE, TILE, 2 * k2 // TILE, TILE)
+    tiles = nib.permute(0, 1, 3, 2, 4)                           # [E, N/16, K/16, 16 rows, 16 k]
+    cells = torch.from_numpy(fragment_cells()).to(codes.device)
+    picked = tiles[..., cells[..., 0], cells[..., 1]]            # [E, N/16, K/16, 32, 8]
+    words = torch.zeros(picked.shape[:-1], dtype=torch.int32, device=codes.device)
     for j in range(8):
-        words |= picked[..., j].astype(np.uint32) << np.uint32(4 * j)
-    return words
+        words |= picked[..., j].to(torch.int32) << (4 * j)
+    return words.view(torch.uint8).reshape(e, n, k2)
 
 
-def pack_scales(scales: np.ndarray) -> np.ndarray:
-    """[E, N, K/32] uint8 -> [E, N/16, K/32, 16]."""
+def pack_scales(scales: torch.Tensor) -> torch.Tensor:
+    """[E, N, K/32] uint8 -> the same bytes as [E, N/16, K/32, 16] (same shape, same device)."""
     e, n, kb = scales.shape
     check_shape(n, 32 * kb)
-    return np.ascontiguousarray(scales.reshape(e, n // TILE, TILE, kb).transpose(0, 1, 3, 2))
+    return scales.reshape(e, n // TILE, TILE, kb).permute(0, 1, 3, 2).contiguous().reshape(e, n, kb)
+
+
+def fragment_words(codes: torch.Tensor) -> np.ndarray:
+    """`pack_codes` viewed as its words, [E, N/16, K/16, 32] uint32 (numpy, for the tests)."""
+    e, n, k2 = codes.shape
+    return pack_codes(codes).cpu().numpy().view(np.uint32).reshape(e, n // TILE, 2 * k2 // TILE, 32)
 
 
 def _shift(w: np.ndarray, s: int) -> np.ndarray:

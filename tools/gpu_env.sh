@@ -9,7 +9,7 @@ OUT=${OUT:-out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 TILEWARP_CACHE_DIR=${TILEWARP_CACHE_DIR:-/tmp/tilewarp-cubin}
 _tw_pkg=$(mktemp -d)/tilewarp; mkdir -p "$_tw_pkg"
-cp tilewarp/__init__.py "$_tw_pkg/"
+cp tilewarp/__init__.py tilewarp/__main__.py "$_tw_pkg/"
 for _d in pipeline runtime csrc; do ln -s "$PWD/$_d" "$_tw_pkg/$_d"; done
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

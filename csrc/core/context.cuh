@@ -22,11 +22,19 @@ struct TwCtx {
     float* s_stage;    // [TW_STAGE_FLOATS]
     float* s_scratch;  // [TW_SCRATCH_FLOATS]
     long long step;    // 1-based global step number of this iteration
+    int task;          // the running task (error records name it)
     unsigned long long* s_body;   // traced launches: the task's body mark (shared), else nullptr
 
     // Thread 0, after a barrier that ends the op's prologue: the trace's body mark.
     __device__ __forceinline__ void mark_body() const {
         if (s_body && threadIdx.x == 0) *s_body = tw_globaltimer_ns();
+    }
+
+    // One thread: record an op's error for the host (core/status.cuh) and raise the abort
+    // flag; the op then finishes without touching memory out of range.
+    __device__ void fail(int code, int op, unsigned long long seen, unsigned long long needed) const {
+        tw_report_error(reinterpret_cast<TwStatus*>(p->status), reinterpret_cast<volatile int*>(p->abort_flag), code,
+                        task, -1, seen, needed, op);
     }
 
     __device__ const __nv_bfloat16* bf16(int wid) const {

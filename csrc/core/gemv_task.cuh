@@ -59,13 +59,22 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
     const bool wn_fits = g.k <= TW_SCRATCH_FLOATS && (g.k & 7) == 0
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
     float* wn_smem = wn_fits ? c.s_scratch : nullptr;
+    if (g.fmt == TW_FMT_MXFP4) {
+        // The weight stream starts before the input rows are staged (it needs none of them);
+        // the rows get the stage below its ring.
+        const int x_max = TW_STAGE_FLOATS - TW_MMA_MIN_RING_FLOATS;
+        TwMmaStream st = tw_mma_stream(c, g, g.n * g.k <= x_max ? g.n * g.k : 0);
+        tw_mma_prime(g, st);
+        const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
+                                      x_max, wn_smem, TW_MMA_X_SCALE);
+        c.mark_body();
+        tw_gemv_mxfp4_mma(c, g, x, st);
+        return;
+    }
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
-                                  TW_X_STAGE_FLOATS, wn_smem, g.fmt == TW_FMT_MXFP4 ? TW_MMA_X_SCALE : 1.f);
+                                  TW_X_STAGE_FLOATS, wn_smem, 1.f);
     c.mark_body();
-    if (g.fmt == TW_FMT_MXFP4)
-        tw_gemv_mxfp4_mma(c, g, x);
-    else
-        tw_gemv_run_core<TwBf16Core>(c, g, x);
+    tw_gemv_run_core<TwBf16Core>(c, g, x);
 }
 
 // Dense input rows 0..n-1 (tokens in order): s_tok = identity.

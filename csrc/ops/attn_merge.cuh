@@ -17,8 +17,7 @@ __device__ void tw_op_attn_merge(const TwCtx& c, const int* a) {
     float* wts = c.s_scratch + w * (TW_SCRATCH_FLOATS / TW_WARPS);
     if (nc > TW_SCRATCH_FLOATS / TW_WARPS) {   // ~1700 chunks: past any planned context
         if (threadIdx.x == 0)
-            tw_report_error(reinterpret_cast<TwStatus*>(c.p->status), reinterpret_cast<volatile int*>(c.p->abort_flag),
-                            TW_STATUS_BAD_DESCRIPTOR, -1, -1, (unsigned long long)nc, 0, TW_OP_ATTN_MERGE);
+            c.fail(TW_STATUS_BAD_DESCRIPTOR, TW_OP_ATTN_MERGE, (unsigned long long)nc, 0);
         return;
     }
     for (int r = w; r < rows; r += TW_WARPS) {

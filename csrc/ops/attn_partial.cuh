@@ -35,8 +35,7 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
     if ((v_at + n * vd) * 2 > TW_STAGE_FLOATS * 4 || (hd & 7) || (vd & 7) || n > L.slots) {
         // The planner sizes chunks to fit (tiling.attention_chunk); refuse rather than overrun.
         if (threadIdx.x == 0)
-            tw_report_error(reinterpret_cast<TwStatus*>(c.p->status), reinterpret_cast<volatile int*>(c.p->abort_flag),
-                            TW_STATUS_BAD_DESCRIPTOR, -1, -1, (unsigned long long)n, 0, op);
+            c.fail(TW_STATUS_BAD_DESCRIPTOR, op, (unsigned long long)n, 0);
         return;
     }
     __nv_bfloat16* sk = reinterpret_cast<__nv_bfloat16*>(c.s_stage);

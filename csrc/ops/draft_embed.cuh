@@ -10,9 +10,8 @@ __device__ void tw_op_draft_embed(const TwCtx& c, const int* a) {
     const int anchor = tw_ldi(c.arena_i + a[TW_DRAFT_EMBED_TOK_OFF]);
     if (anchor < 0 || anchor >= tab.rows) {
         if (threadIdx.x == 0)
-            tw_report_error(reinterpret_cast<TwStatus*>(c.p->status), reinterpret_cast<volatile int*>(c.p->abort_flag),
-                            TW_STATUS_BAD_DESCRIPTOR, -1, -1, (unsigned long long)(unsigned int)anchor,
-                            (unsigned long long)tab.rows, TW_OP_DRAFT_EMBED);
+            c.fail(TW_STATUS_BAD_DESCRIPTOR, TW_OP_DRAFT_EMBED, (unsigned long long)(unsigned int)anchor,
+                   (unsigned long long)tab.rows);
         return;
     }
     const __nv_bfloat16* row0 = c.bf16(a[TW_DRAFT_EMBED_W]) + (long long)anchor * tab.cols;

@@ -34,12 +34,20 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
         for (int j = 0; j < k; ++j) {
             float best = -INFINITY;
             int arg = 0x7fffffff;
+            bool nan = false;
             for (int x = lane; x < e; x += 32) {
                 if ((taken >> (x >> 5)) & 1u) continue;
                 const float ch = score[r * e + x] + biasf[x];   // shared memory only: k passes
+                nan |= ch != ch;
                 if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
             }
             tw_warp_argmax(best, arg);
+            // A NaN score (the layer's input or router weights hold NaN or inf) has no place
+            // in the order: refuse, and keep every index in range while the kernel stops.
+            if (__any_sync(0xffffffffu, nan) || arg >= e) {
+                if (lane == 0) c.fail(TW_STATUS_NONFINITE, TW_OP_ROUTE, (unsigned long long)r, (unsigned long long)j);
+                arg = j;
+            }
             if ((arg & 31) == lane) taken |= 1u << (arg >> 5);
             const float sc = score[r * e + arg];
             sum += sc;

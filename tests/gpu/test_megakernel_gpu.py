@@ -1,6 +1,7 @@
 """The megakernel on a Hopper GPU: greedy tokens equal the reference's over 128 steps
 (tiny and mimo-mini), verify-step logits equal the CPU executor's, and a never-signalled
-event ends the launch with a named DeviceTimeoutError instead of a hang.
+event ends the launch with a named DeviceTimeoutError instead of a hang, and NaN router
+scores end it with a named DeviceError instead of an out-of-range expert.
 
 Greedy equality is exact except at a near-tie: the megakernel and the reference sum in
 different orders (fp32 both), so where the reference's top two logits are closer than
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from tilewarp.pipeline.cpu_exec import CpuExecutor
-from tilewarp.pipeline.errors import DeviceTimeoutError
+from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError
 from tilewarp.pipeline.graph.step import build_decode_step, build_verify_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
@@ -159,3 +160,21 @@ def test_a_never_signalled_event_raises_a_named_timeout(gpu):
     assert time.perf_counter() - start < 10.0
     with pytest.raises(Exception, match="stopped on an error"):
         runner.decode(1, 1)
+
+
+def test_nan_router_scores_raise_a_named_error_not_an_illegal_address(gpu):
+    """ROUTE meets NaN scores (weights are checked finite at load; here they are poisoned
+    after upload, as an upstream overflow would poison the activations): the launch ends
+    with a DeviceError naming the task, and the GPU context stays usable."""
+    from tilewarp.runtime.megakernel import MegakernelRunner
+    cfg = preset("tiny")
+    w = random_weights(cfg, 0)
+    prog = lower(schedule(build_decode_step(cfg, capacity=256), DeviceModel(workers=workers())))
+    ref = ReferenceModel(w, capacity=256, device=gpu)
+    ref.prefill(PROMPT)
+    runner = MegakernelRunner(prog, w, ref.cache, wait_bound_s=0.5)
+    router = next(d.index for d in prog.weights if d.name == "L1.router")
+    runner.tables[router]["w"].fill_(float("nan"))
+    with pytest.raises(DeviceError, match=r"non-finite values .* \(ROUTE, L1\.\w+\).*token 0 hold NaN"):
+        runner.decode(1, 1)
+    assert torch.ones(4, device=gpu).sum().item() == 4.0   # the context survived

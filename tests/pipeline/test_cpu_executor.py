@@ -17,7 +17,7 @@ from access_check import check_accesses
 from tilewarp.pipeline import cpu_exec
 from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.cpu_ops.context import Ctx
-from tilewarp.pipeline.errors import GraphError, InputError
+from tilewarp.pipeline.errors import DeviceError, GraphError, InputError
 from tilewarp.pipeline.graph.step import build_step
 from tilewarp.pipeline.graph.tiling import TilePolicy
 from tilewarp.pipeline.kv_cache import MAX_STEP_TOKENS, KVCache
@@ -181,6 +181,22 @@ def test_wrong_token_counts_step_counts_and_overflow_are_refused(decode_program,
     with pytest.raises(InputError, match="overflow"):
         ex.decode(1, 3)
     assert ex.steps_done == 0, "a refused launch runs nothing"
+
+
+def router_index(program: Program, layer: int) -> int:
+    return next(d.index for d in program.weights if d.name == f"L{layer}.router")
+
+
+def test_nan_router_scores_raise_a_named_error_instead_of_choosing_experts(decode_program):
+    """As the megakernel (tests/gpu/test_megakernel_gpu.py): a NaN has no place in the
+    top-k order, so ROUTE refuses (weights are checked finite at load: NaN here comes from
+    activations, e.g. an overflow upstream)."""
+    w = random_weights(CFG, 0)
+    ex = CpuExecutor(decode_program, w, prefilled_cache(w))
+    ex.ctx.weights[router_index(decode_program, 1)]["w"] = torch.full_like(
+        ex.ctx.weights[router_index(decode_program, 1)]["w"], float("nan"))
+    with pytest.raises(DeviceError, match=r"cpu executor at task \d+ \(ROUTE, L1\.\w+\).*token 0 hold NaN"):
+        ex.decode(PROMPT[-1], 1)
 
 
 # ------------------------------------------------------------------ declared accesses

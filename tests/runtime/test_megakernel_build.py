@@ -20,3 +20,15 @@ def test_the_megakernel_compiles_for_sm90a_with_no_spills_and_no_stack(tmp_path,
     assert k.stack_frame_bytes == 0, k
     assert k.registers <= 255, k
     assert k.shared_bytes + SMEM_BYTES <= 227 * 1024, "static + dynamic shared memory must fit one SM"
+
+
+def test_tilewarp_defines_add_csrc_macros_for_experiments(monkeypatch):
+    from tilewarp.pipeline.errors import DeviceError
+    from tilewarp.runtime.megakernel import extra_defines
+    monkeypatch.setenv("TILEWARP_DEFINES", " TW_MMA_MAX_DEPTH=2, TW_FLAG ,")
+    assert extra_defines() == {"TW_MMA_MAX_DEPTH": "2", "TW_FLAG": "1"}
+    monkeypatch.setenv("TILEWARP_DEFINES", "")
+    assert extra_defines() == {}
+    monkeypatch.setenv("TILEWARP_DEFINES", "2BAD=1")
+    with pytest.raises(DeviceError, match="'2BAD=1' is not NAME=VALUE"):
+        extra_defines()

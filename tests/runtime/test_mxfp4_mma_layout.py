@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from tilewarp.pipeline.mxfp4 import E2M1_VALUES
-from tilewarp.runtime.mxfp4_mma import check_shape, decode_half2, fragment_cells, pack_codes, pack_scales
+import torch
+
+from tilewarp.runtime.mxfp4_mma import check_shape, decode_half2, fragment_cells, fragment_words, pack_scales
 
 VALUES = np.array(E2M1_VALUES + tuple(-v for v in E2M1_VALUES))
 
@@ -34,7 +36,7 @@ def test_each_fragment_cell_is_covered_once_per_tile():
 
 def test_the_two_shift_decode_gives_each_fragment_code_times_2_to_the_minus_14():
     codes, _ = random_bank()
-    words = pack_codes(codes)                       # [E, N/16, K/16, 32]
+    words = fragment_words(torch.from_numpy(codes))   # [E, N/16, K/16, 32]
     nib = np.empty(codes.shape[:2] + (2 * codes.shape[2],), np.int64)
     nib[..., 0::2], nib[..., 1::2] = codes & 15, codes >> 4
     cells = fragment_cells()
@@ -51,7 +53,8 @@ def test_the_two_shift_decode_gives_each_fragment_code_times_2_to_the_minus_14()
 def test_an_mma_emulated_from_the_fragments_equals_the_dequantised_product():
     codes, scales = random_bank(e=1, n=32, k=64, seed=3)
     x = np.random.default_rng(4).standard_normal((64, 8))          # B: k x 8 tokens
-    words, sc = pack_codes(codes)[0], pack_scales(scales)[0]        # [N/16, K/16, 32], [N/16, K/32, 16]
+    words = fragment_words(torch.from_numpy(codes))[0]              # [N/16, K/16, 32]
+    sc = pack_scales(torch.from_numpy(scales))[0].numpy().reshape(2, 2, 16)   # [N/16, K/32, 16]
     cells = fragment_cells()
     out = np.zeros((32, 8))
     for rt in range(2):
@@ -75,17 +78,17 @@ def test_shapes_off_the_tile_grid_are_refused():
 
 
 def test_the_megakernel_uploads_expert_banks_in_fragment_order_and_everything_else_as_is():
-    import torch
-
     from tilewarp.pipeline.errors import DeviceError
     from tilewarp.runtime.megakernel import device_layout
     codes, scales = random_bank()
     got = device_layout("mxfp4_bank", {"codes": torch.from_numpy(codes), "scales": torch.from_numpy(scales)})
     assert got["codes"].shape == codes.shape and got["scales"].shape == scales.shape   # same bytes per row range
-    np.testing.assert_array_equal(got["codes"].numpy().reshape(-1).view(np.uint32), pack_codes(codes).reshape(-1))
-    np.testing.assert_array_equal(got["scales"].numpy().reshape(-1), pack_scales(scales).reshape(-1))
+    np.testing.assert_array_equal(got["codes"].numpy().reshape(-1).view(np.uint32),
+                                  fragment_words(torch.from_numpy(codes)).reshape(-1))
+    want_scales = scales.reshape(2, 2, 16, 2).transpose(0, 1, 3, 2).reshape(-1)   # [E, N/16, K/32, 16]
+    np.testing.assert_array_equal(got["scales"].numpy().reshape(-1), want_scales)
     w = {"w": torch.ones(3, 4)}
-    assert device_layout("bf16", w) is w
+    assert torch.equal(device_layout("bf16", w)["w"], w["w"])
     with pytest.raises(DeviceError, match="rows % 16"):
         device_layout("mxfp4_bank", {"codes": torch.zeros(1, 24, 32, dtype=torch.uint8),
                                      "scales": torch.zeros(1, 24, 2, dtype=torch.uint8)})

@@ -1,0 +1,81 @@
+"""A/B the megakernel under csrc macro variants, in one process on one random model:
+ms per token and, from one traced step, the chosen ops' mean task time and prologue.
+
+    tools/gpu_py.sh tools/ab_defines.py --variants "base=;depth2=TW_MMA_MAX_DEPTH=2" --ops EXPERT_UP,LINEAR
+
+Each variant is a name and a TILEWARP_DEFINES string (runtime/megakernel.py
+`extra_defines`). Why one process: the random weights take ~40 s to make, a variant's
+build ~2 s and its timing ~1 s, so a device call can compare a dozen variants on the same
+weights, cache and program, interleaved so that clock drift hits every variant alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+
+from examples.bench_megakernel import DecodeBench, time_decode
+from tilewarp.pipeline.errors import TilewarpError
+from tilewarp.pipeline.presets import preset
+from tilewarp.runtime.trace import op_summary
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """"name=DEFINES;name=DEFINES" -> [(name, defines)] (DEFINES may be empty)."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, sep, defines = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--variants: {item!r} is not name=DEFINES")
+        out.append((name, defines))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", required=True, help='"name=NAME=V,NAME=V;name2=..." (first is the baseline)')
+    ap.add_argument("--preset", default="mimo-mini")
+    ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="passes over the variants (interleaved)")
+    ap.add_argument("--ops", default="EXPERT_UP,EXPERT_DOWN,LINEAR", help="ops whose task times to print")
+    args = ap.parse_args()
+    variants = parse_variants(args.variants)
+    ops = args.ops.split(",")
+    bench = DecodeBench(preset(args.preset), args.context, args.steps * (args.repeats + 1) + 8)
+    ms: dict[str, list[float]] = {name: [] for name, _ in variants}
+    per_op: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    for rnd in range(args.rounds):
+        for name, defines in variants:
+            os.environ["TILEWARP_DEFINES"] = defines
+            try:
+                runner = bench.runner(trace_cap=256)
+                ms[name] += time_decode(runner, args.steps, args.repeats)
+                if rnd == 0:
+                    runner.tracing = True
+                    runner.decode(1, 1)
+                    per_op[name] = op_summary(runner.trace_records(), bench.prog)
+            except TilewarpError as e:   # a variant that breaks the kernel is a result too
+                failed[name] = str(e)
+            print(f"round {rnd} {name}: {ms[name][-1] if ms[name] else float('nan'):.3f} ms/token", flush=True)
+            runner = None
+    base = statistics.median(ms[variants[0][0]] or [float("nan")])
+    head = f"{'variant':12s} {'ms/token':>9s} {'vs base':>8s}" + "".join(f" {o[:14]:>14s} mean/prol" for o in ops)
+    print(head)
+    for name, defines in variants:
+        if name in failed:
+            print(f"{name:12s} failed: {failed[name]}   [{defines}]")
+            continue
+        m = statistics.median(ms[name])
+        cols = ""
+        for o in ops:
+            st = per_op[name].get(o)
+            cols += (f" {st['mean_us']:14.2f} {st['prologue_us'] / st['count']:9.2f}" if st else f" {'-':>14s} {'-':>9s}")
+        print(f"{name:12s} {m:9.3f} {m / base:7.3f}x{cols}   [{defines}]")
+
+
+if __name__ == "__main__":
+    main()
