@@ -119,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state", default=None)
     p.add_argument("--save-every", type=float, default=120.0)
     p.add_argument("--resume", default=None)
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from an exported drafter (e.g. models/stdlib-256/drafter) instead of random "
+                        "weights: training time adds up across device calls")
     return p.parse_args(argv)
 
 
@@ -260,6 +263,17 @@ def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Gen
     return ValidScore(tokens_walked / max(steps, 1), commits_sum / max(anchors, 1))
 
 
+def init_from(drafter: TrainableDrafter, path: str) -> None:
+    """Warm start: an exported drafter's weights, whose config must be this run's (the
+    optimizer starts fresh; `--resume` continues a saved training state instead)."""
+    src = export.load_drafter(load_draft_checkpoint(path))
+    if src.cfg != drafter.cfg:
+        mine, theirs = dataclasses.asdict(drafter.cfg), dataclasses.asdict(src.cfg)
+        diff = ", ".join(f"{k} {theirs[k]!r} != {mine[k]!r}" for k in mine if mine[k] != theirs[k])
+        raise SystemExit(f"--init {path}: its drafter differs from this run's ({diff})")
+    drafter.load_state_dict(src.state_dict())
+
+
 def run(args: argparse.Namespace) -> DrafterResult:
     preset = presets.get(args.preset)
     hp, device = loop.start(args, preset.drafter_train)
@@ -298,6 +312,9 @@ def run(args: argparse.Namespace) -> DrafterResult:
         + (f"target features cached: {cached / 1e9:.2f} GB" if cache_layers else "target features per step"))
 
     drafter = TrainableDrafter(dcfg).to(device)
+    if args.init:
+        init_from(drafter, args.init)
+        say(f"[model] weights from {args.init}")
     opt = loop.adamw(drafter.named_parameters(), hp["lr"], hp["weight_decay"], device)
     if args.resume:
         result.steps, _, _ = load_state(args.resume, drafter, opt)

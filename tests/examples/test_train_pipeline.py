@@ -25,6 +25,7 @@ tests then check what the GPU runs will rely on:
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -184,6 +185,17 @@ def test_bf16_features_are_what_the_autocast_fc_reads(drafter_run):
     hidden = {k: torch.randn(2, 9, drafter.cfg.hidden_size, generator=g) * 3 for k in drafter.cfg.target_layer_ids}
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(drafter.context(hidden), drafter.context({k: v.bfloat16() for k, v in hidden.items()}))
+
+
+def test_init_starts_from_an_exported_drafter_and_refuses_another_shape(drafter_run):
+    """--init: training time adds up across device calls (the optimizer starts fresh)."""
+    exported = load_drafter(load_draft_checkpoint(drafter_run.out))
+    fresh = train_drafter.TrainableDrafter(exported.cfg)
+    train_drafter.init_from(fresh, str(drafter_run.out))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), exported.state_dict().values()))
+    other = train_drafter.TrainableDrafter(dataclasses.replace(exported.cfg, num_layers=exported.cfg.num_layers + 1))
+    with pytest.raises(SystemExit, match=r"--init .*num_layers"):
+        train_drafter.init_from(other, str(drafter_run.out))
 
 
 def test_drafter_layers_option_keeps_the_budget():
