@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from tilewarp.pipeline.config import step_bytes
+from tilewarp.pipeline.config import ModelConfig, step_bytes
 from tilewarp.pipeline.graph.step import build_decode_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
@@ -39,7 +39,7 @@ class DecodeBench:
     """A random model of `cfg`, its decode program and a KV cache filled to `context - room`
     tokens: what every megakernel timing of this shape shares."""
 
-    def __init__(self, cfg, context: int, room: int) -> None:
+    def __init__(self, cfg: ModelConfig, context: int, room: int) -> None:
         t0 = time.time()
         self.weights = random_weights(cfg, 0)
         print(f"random weights: {time.time() - t0:.1f} s")
