@@ -275,8 +275,9 @@ class MegakernelRunner:
             raise DeviceTimeoutError(f"{msg}: event {int(st['event'])} reached {int(st['seen'])} of "
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
         if code == 4:
-            raise DeviceError(f"{msg}: router scores of token {int(st['seen'])} hold NaN "
-                              "(the layer's input or router weights hold NaN or inf)")
+            what = "router scores" if int(st["op"]) == Op.ROUTE else "logits"
+            raise DeviceError(f"{msg}: {what} of token {int(st['seen'])} hold NaN or inf "
+                              "(an activation overflowed, or a weight is not finite)")
         raise DeviceError(msg)
 
     def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,
