@@ -38,6 +38,7 @@ from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.sampling import SamplingParams
 from tilewarp.pipeline.schedule import DeviceModel, schedule
 from test_ops_gpu import BOUNDS as TARGET_BOUNDS
+from test_ops_gpu import ROUTE_WEIGHTS_TOL
 from test_ops_gpu import gpu_copy, writer_ops
 
 pytestmark = pytest.mark.gpu
@@ -147,7 +148,7 @@ def compare_arenas(p: Program, cpu: CpuExecutor, gpu, tokens: int) -> dict[str, 
             if op == Op.ROUTE:
                 want, got = routing(xi, tokens), routing(yi, tokens)
                 assert want[:-1] == got[:-1], f"{b.name}: routing differs"
-                torch.testing.assert_close(got[-1], want[-1], rtol=1e-5, atol=1e-7)
+                torch.testing.assert_close(got[-1], want[-1], **ROUTE_WEIGHTS_TOL)
             else:
                 assert torch.equal(xi, yi), f"{b.name} ({op.name}) differs: {xi.tolist()} vs {yi.tolist()}"
             continue
