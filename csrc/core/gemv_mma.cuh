@@ -257,13 +257,15 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
     tw_mma_prime<F>(g, st);   // the weights need none of the rows: their latency hides the staging
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max,
                                   wn_smem, F::kXScale);
-    c.mark_body();
-    for (int ct = 0; 8 * ct < x.n; ++ct) {
-        if (ct > 0) {
-            st.rewind();
-            tw_mma_prime<F>(g, st);
+    for (int pass = TW_EXP_TWICE ? 0 : 1; pass < 2; ++pass) {   // TW_EXP_TWICE: core/gemv_desc.cuh
+        if (pass == 1) c.mark_body();
+        for (int ct = 0; 8 * ct < x.n; ++ct) {
+            if (ct > 0 || pass == 1 && TW_EXP_TWICE) {
+                st.rewind();
+                tw_mma_prime<F>(g, st);
+            }
+            tw_gemv_mma_cols<F>(c, g, x, ct, st);
         }
-        tw_gemv_mma_cols<F>(c, g, x, ct, st);
     }
     tw_cp_async_wait<0>();   // only empty groups remain; nothing in flight before the stage is reused
 }
