@@ -98,6 +98,9 @@ __device__ __forceinline__ bool tw_prefetch_after_waits(int op) {
     return op == TW_OP_EXPERT_UP || op == TW_OP_EXPERT_DOWN;
 }
 
+// The block size this build must be launched with (the runtime reads it from the module).
+extern "C" __device__ int tw_cta_threads = TW_CTA_THREADS;
+
 extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(const TwParams* __restrict__ pp) {
     extern __shared__ float4 tw_smem[];
     __shared__ TwDesc desc;

@@ -27,6 +27,7 @@
 #define TW_MMA_MAX_DEPTH 8
 #endif
 static_assert(TW_MMA_MAX_DEPTH >= 1 && TW_MMA_MAX_DEPTH <= 8, "tw_cp_async_wait_n covers up to 7 newer groups");
+static_assert(TW_WARPS * TW_MMA_TILES * 32 * 4 <= TW_SCRATCH_FLOATS, "every warp's accumulator tiles fit the scratch");
 // Floats of the stage kept for format F's ring when the input rows are staged: one slot
 // per warp.
 template <class F>

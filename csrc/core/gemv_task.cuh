@@ -70,6 +70,8 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
 #if TW_MAX_T > 1
     // Two or more tokens (TW_BF16_MMA_MIN_T): bf16 on tensor cores as well, for whole
     // 16-row tiles (the planner aligns T > 1 tiles to 16; any other task takes the walk).
+    // Not at T = 1: there the mma core measured slower than the walk (LINEAR 14.7 vs
+    // 10.5 us per task, LM_HEAD 322 vs 233 us; docs/perf-notes.md v10).
     if (g.n >= TW_BF16_MMA_MIN_T && ((g.n0 | g.n1) & 15) == 0 && (g.k & 31) == 0 &&
         ((reinterpret_cast<unsigned long long>(g.w) | reinterpret_cast<unsigned long long>(g.w2)) & 15) == 0) {
         tw_gemv_mma<TwMmaBf16>(c, g, wn_smem);

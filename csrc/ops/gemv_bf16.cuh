@@ -9,7 +9,9 @@
 #include "core/gemv_mma.cuh"
 
 // 16-byte loads per row per lane per chunk: one chunk fills one ring slot (2 KB).
+#ifndef TW_GEMV_UNROLL
 #define TW_GEMV_UNROLL 2
+#endif
 
 struct TwBf16Core {
     struct Ptrs {
