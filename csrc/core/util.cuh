@@ -27,6 +27,8 @@
 #ifndef TW_MAX_T
 #define TW_MAX_T 16
 #endif
+// Most experts a token chooses (runtime/megakernel.py refuses a model with more).
+#define TW_MAX_TOP_K 8
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
