@@ -36,6 +36,14 @@
 #include "ops/accept.cuh"
 
 #define TW_TRACE_WORDS 5
+// Experiment switches (tools/ab_defines.py): the loader warp's L2 prefetch at all, and
+// for the expert ops (whose rows wait for the routing).
+#ifndef TW_LOADER
+#define TW_LOADER 1
+#endif
+#ifndef TW_PREFETCH_EXPERTS
+#define TW_PREFETCH_EXPERTS 1
+#endif
 
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
@@ -75,8 +83,10 @@ __device__ __forceinline__ void tw_dispatch_prefetch(const TwCtx& c, int op, con
     switch (op) {
         case TW_OP_LINEAR: tw_prefetch_linear(c, a, pf); break;
         case TW_OP_LINEAR_SWIGLU: tw_prefetch_linear_swiglu(c, a, pf); break;
+#if TW_PREFETCH_EXPERTS
         case TW_OP_EXPERT_UP: tw_prefetch_expert_up(c, a, pf); break;
         case TW_OP_EXPERT_DOWN: tw_prefetch_expert_down(c, a, pf); break;
+#endif
         case TW_OP_LM_HEAD: tw_prefetch_lm_head(c, a, pf); break;
         case TW_OP_ATTN_PARTIAL: tw_prefetch_attn_partial(c, a, pf); break;
         default: break;
@@ -87,6 +97,9 @@ __device__ __forceinline__ void tw_dispatch_prefetch(const TwCtx& c, int op, con
 __device__ __forceinline__ bool tw_prefetch_after_waits(int op) {
     return op == TW_OP_EXPERT_UP || op == TW_OP_EXPERT_DOWN;
 }
+
+// The block size this build must be launched with (the runtime reads it from the module).
+extern "C" __device__ int tw_cta_threads = TW_CTA_THREADS;
 
 extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(const TwParams* __restrict__ pp) {
     extern __shared__ float4 tw_smem[];
@@ -125,7 +138,7 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     if (threadIdx.x == 0) fetched = 0;
     __syncthreads();   // the only CTA-wide barrier: the roles split here
     if (tw_warp() >= TW_WARPS) {
-        if (tw_lane() == 0)
+        if (TW_LOADER && tw_lane() == 0)
             tw_loader_run(c, descs, queue, q0, q1, counters, abort_flag, &fetched, tw_dispatch_prefetch,
                           tw_prefetch_after_waits);
         return;

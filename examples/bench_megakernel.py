@@ -12,7 +12,7 @@ import time
 import torch
 
 from tilewarp.pipeline.config import ModelConfig, step_bytes
-from tilewarp.pipeline.graph.step import build_decode_step
+from tilewarp.pipeline.graph.step import build_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.random_model import random_weights
@@ -36,15 +36,17 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
 
 
 class DecodeBench:
-    """A random model of `cfg`, its decode program and a KV cache filled to `context - room`
-    tokens: what every megakernel timing of this shape shares."""
+    """A random model of `cfg`, its program (decode at `tokens` = 1, else verify of
+    `tokens`) and a KV cache filled to `context - room` tokens: what every megakernel
+    timing of this shape shares."""
 
-    def __init__(self, cfg: ModelConfig, context: int, room: int) -> None:
+    def __init__(self, cfg: ModelConfig, context: int, room: int, tokens: int = 1) -> None:
         t0 = time.time()
         self.weights = random_weights(cfg, 0)
         print(f"random weights: {time.time() - t0:.1f} s")
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        self.graph = build_decode_step(cfg, capacity=context)
+        self.tokens = tokens
+        self.graph = build_step(cfg, tokens, kind="decode" if tokens == 1 else "verify", capacity=context)
         self.prog = lower(schedule(self.graph, DeviceModel(workers=sms)))
         self.ref = ReferenceModel(self.weights, capacity=context, device="cuda")
         # Random cache contents, length set (prefill cost is not measured here).
@@ -63,14 +65,25 @@ class DecodeBench:
 
 
 def time_decode(runner: MegakernelRunner, steps: int, repeats: int) -> list[float]:
-    """ms per token of `repeats` launches of `steps` chained decode steps, sorted (one
-    untimed launch first: module load, caches)."""
-    runner.decode(1, steps)
+    """ms per step, sorted, of `repeats` runs of `steps` steps (one untimed run first:
+    module load, caches). A decode program chains its steps in one launch; a verify
+    program of T tokens is one launch per step, each at the same cache length."""
+    if runner.p.tokens == 1:
+        def run() -> None:
+            runner.decode(1, steps)
+    else:
+        block, start = list(range(5, 5 + runner.p.tokens)), runner.cache.length
+
+        def run() -> None:
+            for _ in range(steps):
+                runner.cache.length = start
+                runner.verify(block)
+    run()
     times = []
     for _ in range(repeats):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        runner.decode(1, steps)
+        run()
         e.record(); torch.cuda.synchronize()
         times.append(s.elapsed_time(e) / steps)
     return sorted(times)

@@ -40,7 +40,6 @@ from .trace import TRACE_WORDS, TraceRecord, records
 
 log = logging.getLogger("tilewarp.megakernel")
 
-THREADS = 224 + 32   # mirrors TW_CTA_THREADS in csrc/core/util.cuh: 7 compute warps + the loader warp
 #: Ops with a device implementation in csrc/ops (dispatched in csrc/megakernel.cu).
 GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_PARTIAL, Op.ATTN_MERGE, Op.ROUTE,
                      Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE, Op.DRAFT_EMBED,
@@ -171,6 +170,11 @@ class MegakernelRunner:
         self._image = np.frombuffer(build.cubin, dtype=np.uint8).copy()
         self._module = _check(cu.cuModuleLoadData(self._image.ctypes.data))
         self._fn = _check(cu.cuModuleGetFunction(self._module, b"tw_megakernel"))
+        # The block size is the build's (TW_CTA_THREADS: compute warps + the loader warp).
+        ptr, size = _check(cu.cuModuleGetGlobal(self._module, b"tw_cta_threads"))
+        threads = np.zeros(1, np.int32)
+        _check(cu.cuMemcpyDtoH(threads.ctypes.data, ptr, size))
+        self.threads = int(threads[0])
         attr = cu.CUfunction_attribute
         # What the driver reports for the loaded kernel (not every NVRTC prints ptxas -v).
         self.registers = _check(cu.cuFuncGetAttribute(attr.CU_FUNC_ATTRIBUTE_NUM_REGS, self._fn))
@@ -250,7 +254,7 @@ class MegakernelRunner:
         arg = np.array([params.data_ptr()], dtype=np.uint64)
         argv = np.array([arg.ctypes.data], dtype=np.uint64)
         stream = torch.cuda.current_stream(self.dev).cuda_stream
-        _check(cu.cuLaunchCooperativeKernel(self._fn, self.p.workers, 1, 1, THREADS, 1, 1, SMEM_BYTES, stream,
+        _check(cu.cuLaunchCooperativeKernel(self._fn, self.p.workers, 1, 1, self.threads, 1, 1, SMEM_BYTES, stream,
                                             argv.ctypes.data))
         torch.cuda.synchronize(self.dev)
         torch.cuda.nvtx.range_pop()
@@ -275,8 +279,9 @@ class MegakernelRunner:
             raise DeviceTimeoutError(f"{msg}: event {int(st['event'])} reached {int(st['seen'])} of "
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
         if code == 4:
-            raise DeviceError(f"{msg}: router scores of token {int(st['seen'])} hold NaN "
-                              "(the layer's input or router weights hold NaN or inf)")
+            what = "router scores" if int(st["op"]) == Op.ROUTE else "logits"
+            raise DeviceError(f"{msg}: {what} of token {int(st['seen'])} hold NaN or inf "
+                              "(an activation overflowed, or a weight is not finite)")
         raise DeviceError(msg)
 
     def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,

@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--variants", required=True, help='"name=NAME=V,NAME=V;name2=..." (first is the baseline)')
     ap.add_argument("--preset", default="mimo-mini")
     ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--tokens", type=int, default=1, help="1: chained decode steps; T > 1: verify steps of T tokens")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="passes over the variants (interleaved)")
@@ -44,7 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     variants = parse_variants(args.variants)
     ops = args.ops.split(",")
-    bench = DecodeBench(preset(args.preset), args.context, args.steps * (args.repeats + 1) + 8)
+    bench = DecodeBench(preset(args.preset), args.context, args.steps * (args.repeats + 1) + 8 + args.tokens,
+                        tokens=args.tokens)
     ms: dict[str, list[float]] = {name: [] for name, _ in variants}
     per_op: dict[str, dict] = {}
     failed: dict[str, str] = {}
@@ -56,14 +58,14 @@ def main() -> None:
                 ms[name] += time_decode(runner, args.steps, args.repeats)
                 if rnd == 0:
                     runner.tracing = True
-                    runner.decode(1, 1)
+                    runner.decode(1, 1) if args.tokens == 1 else runner.verify(list(range(5, 5 + args.tokens)))
                     per_op[name] = op_summary(runner.trace_records(), bench.prog)
             except TilewarpError as e:   # a variant that breaks the kernel is a result too
                 failed[name] = str(e)
-            print(f"round {rnd} {name}: {ms[name][-1] if ms[name] else float('nan'):.3f} ms/token", flush=True)
+            print(f"round {rnd} {name}: {ms[name][-1] if ms[name] else float('nan'):.3f} ms/step", flush=True)
             runner = None
     base = statistics.median(ms[variants[0][0]] or [float("nan")])
-    head = f"{'variant':12s} {'ms/token':>9s} {'vs base':>8s}" + "".join(f" {o[:14]:>14s} mean/prol" for o in ops)
+    head = f"{'variant':12s} {'ms/step':>9s} {'vs base':>8s}" + "".join(f" {o[:14]:>14s} mean/prol" for o in ops)
     print(head)
     for name, defines in variants:
         if name in failed:

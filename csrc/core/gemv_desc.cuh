@@ -1,6 +1,13 @@
 // A GEMV task as the shared executor (core/gemv_task.cuh) and the weight cores see it:
 // input rows, weight rows, the epilogue. Each GEMV op's file decodes its descriptor into one.
 #pragma once
+
+// Timing experiment (tools/ab_defines.py), never a build to ship: every GEMV task runs its
+// weights twice and the traced body is the second pass, whose weights L2 holds. Body at 1
+// vs 2 tells a body bound by HBM bytes from one bound by its own latency or issue.
+#ifndef TW_EXP_TWICE
+#define TW_EXP_TWICE 0
+#endif
 #include "core/context.cuh"
 
 enum TwWeightFormat { TW_FMT_BF16 = 0, TW_FMT_MXFP4 = 1 };

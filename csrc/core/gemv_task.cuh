@@ -13,6 +13,10 @@
 #include "ops/gemv_mxfp4.cuh"
 #include "core/gemv_walk.cuh"
 
+#ifndef TW_BF16_MMA_MIN_T
+#define TW_BF16_MMA_MIN_T 2
+#endif
+
 // Row pointers of a group: rows n and n + 1 of w, or (gated) row n of w and of w2.
 template <class Core>
 __device__ __forceinline__ typename Core::Ptrs tw_gemv_group(const TwGemv& g, int n);
@@ -60,19 +64,23 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
     float* wn_smem = wn_fits ? c.s_scratch : nullptr;
     if (g.fmt == TW_FMT_MXFP4) {
-        // The weight stream starts before the input rows are staged (it needs none of them);
-        // the rows get the stage below its ring.
-        const int x_max = TW_STAGE_FLOATS - TW_MMA_MIN_RING_FLOATS;
-        TwMmaStream st = tw_mma_stream(c, g, g.n * g.k <= x_max ? g.n * g.k : 0);
-        tw_mma_prime(g, st);
-        const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
-                                      x_max, wn_smem, TW_MMA_X_SCALE);
-        c.mark_body();
-        tw_gemv_mxfp4_mma(c, g, x, st);
+        tw_gemv_mma<TwMmaFp4>(c, g, wn_smem);
         return;
     }
+#if TW_MAX_T > 1
+    // Two or more tokens (TW_BF16_MMA_MIN_T): bf16 on tensor cores as well, for whole
+    // 16-row tiles (the planner aligns T > 1 tiles to 16; any other task takes the walk).
+    // Not at T = 1: there the mma core measured slower than the walk (LINEAR 14.7 vs
+    // 10.5 us per task, LM_HEAD 322 vs 233 us; docs/perf-notes.md v10).
+    if (g.n >= TW_BF16_MMA_MIN_T && ((g.n0 | g.n1) & 15) == 0 && (g.k & 31) == 0 &&
+        ((reinterpret_cast<unsigned long long>(g.w) | reinterpret_cast<unsigned long long>(g.w2)) & 15) == 0) {
+        tw_gemv_mma<TwMmaBf16>(c, g, wn_smem);
+        return;
+    }
+#endif
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
                                   TW_X_STAGE_FLOATS, wn_smem, 1.f);
+    if (TW_EXP_TWICE) tw_gemv_run_core<TwBf16Core>(c, g, x);
     c.mark_body();
     tw_gemv_run_core<TwBf16Core>(c, g, x);
 }

@@ -19,13 +19,17 @@
 // Ring geometry: slots of TW_RING_SLOT_BYTES (the bf16 core's Slot) per warp, at the end
 // of the stage; the input rows get the rest of it (TW_X_STAGE_FLOATS). Fewer slots for
 // more tokens: their staged rows need the room.
+#ifndef TW_RING_SLOT_BYTES
 #define TW_RING_SLOT_BYTES 2048
+#endif
+#ifndef TW_RING_DEPTH
 #if TW_MAX_T >= 16
 #define TW_RING_DEPTH 2
 #elif TW_MAX_T > 1
 #define TW_RING_DEPTH 4
 #else
 #define TW_RING_DEPTH 6
+#endif
 #endif
 #define TW_RING_FLOATS (TW_WARPS * TW_RING_DEPTH * TW_RING_SLOT_BYTES / 4)
 #define TW_X_STAGE_FLOATS (TW_STAGE_FLOATS - TW_RING_FLOATS)

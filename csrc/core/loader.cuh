@@ -13,6 +13,11 @@
 #include "core/events.cuh"
 #include "core/prefetch.cuh"
 
+// Task instances the loader may run ahead of the controller's fetches (1: the next task).
+#ifndef TW_LOADER_AHEAD
+#define TW_LOADER_AHEAD 1
+#endif
+
 // Counter value wait i of `d` needs at global step `step` (previous step for loop-carried waits).
 __device__ __forceinline__ unsigned long long tw_wait_need(const TwDesc& d, int i, long long step) {
     const long long st = step - ((d.wait_prev >> i) & 1);
@@ -34,7 +39,7 @@ __device__ bool tw_loader_wait(const TwDesc& d, long long step, const tw_event_t
 }
 
 // Lane 0 of the loader warp. `fetched` counts the task instances the controller has
-// fetched; instance i is prefetched once fetched >= i (one task ahead).
+// fetched; instance i is prefetched once fetched >= i + 1 - TW_LOADER_AHEAD.
 template <class Prefetch, class AfterWaits>
 __device__ void tw_loader_run(TwCtx c, const TwDesc* descs, const int* queue, int q0, int q1,
                               const tw_event_t* counters, volatile int* abort_flag, int* fetched,
@@ -43,7 +48,7 @@ __device__ void tw_loader_run(TwCtx c, const TwDesc* descs, const int* queue, in
     for (int s = 0; s < c.p->n_steps; ++s) {
         c.step = (long long)c.p->step_base + s + 1;
         for (int qi = q0; qi < q1; ++qi, ++inst) {
-            while (atomicAdd(fetched, 0) < inst) {   // atomic read: ordered with the controller's atomicExch
+            while (atomicAdd(fetched, 0) < inst + 1 - TW_LOADER_AHEAD) {   // atomic read: ordered with the controller's atomicExch
                 if (tw_aborted(abort_flag)) return;
                 __nanosleep(64);
             }

@@ -8,7 +8,9 @@
 // outside the weight is touched and no task takes L2 from its neighbours.
 #pragma once
 
+#ifndef TW_PREFETCH_TASK_BYTES
 #define TW_PREFETCH_TASK_BYTES (128 * 1024)   // per task: 132 SMs x 2 tasks x 128 KB = 1/1.5 of L2
+#endif
 #define TW_PREFETCH_CHUNK (32 * 1024)
 
 struct TwPrefetch {

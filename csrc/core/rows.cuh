@@ -14,6 +14,9 @@
 #include "core/util.cuh"
 
 #define TW_STAGE_FLOATS (44 * 1024)  // 176 KB of the dynamic shared memory
+#ifndef TW_STAGE_UNROLL
+#define TW_STAGE_UNROLL 4
+#endif
 
 // Index of element c of a staged row (rows are whole 32-float blocks).
 __device__ __forceinline__ int tw_swz(int c) { return c ^ (((c >> 5) & 7) << 2); }
@@ -53,12 +56,22 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
     const bool stage = n * k <= stage_floats && (k & 31) == 0 && (ld & 3) == 0
                        && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
+    const int k4 = k / 4;
     if (stage) {
-        const int k4 = k / 4;
-        for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
-            const int r = i / k4, c4 = i - r * k4;
-            reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * c4) >> 2] =
-                __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + c4);
+        // TW_STAGE_UNROLL loads in flight per thread before their stores: the rows come from
+        // L2, and one load per iteration waited ~1 us for each.
+        for (int i0 = threadIdx.x; i0 < n * k4; i0 += TW_STAGE_UNROLL * TW_THREADS) {
+            float4 v[TW_STAGE_UNROLL];
+#pragma unroll
+            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
+                const int i = i0 + u * TW_THREADS, r = i / k4;
+                if (i < n * k4) v[u] = __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + (i - r * k4));
+            }
+#pragma unroll
+            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
+                const int i = i0 + u * TW_THREADS, r = i / k4;
+                if (i < n * k4) reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * (i - r * k4)) >> 2] = v[u];
+            }
         }
         if (wn && wn_smem)
             for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_bf16x8(wn + 8 * i, wn_smem + 8 * i);
@@ -68,7 +81,11 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
         for (int r = w; r < n; r += TW_WARPS) {
             float ss = 0.f;
             if (stage) {
-                for (int c = lane; c < k; c += 32) ss += stage_smem[r * k + c] * stage_smem[r * k + c];
+                const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
+                for (int c4 = lane; c4 < k4; c4 += 32) {
+                    const float4 v = row[c4];
+                    ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+                }
             } else {
                 const float* row = src + (long long)tok_smem[r] * ld;
                 for (int c = lane; c < k; c += 32) {
@@ -85,11 +102,22 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
     tw_sync();
     if (stage) {
         if (wn || xscale != 1.f) {
-            // Physical index i holds logical column tw_swz(i) (the swizzle is its own inverse).
-            for (int i = threadIdx.x; i < n * k; i += TW_THREADS) {
-                const int r = i / k, c = i - r * k;
-                const float v = stage_smem[i] * inv_smem[r];
-                stage_smem[i] = wn ? v * (wn_smem ? wn_smem[tw_swz(c)] : tw_bf16(wn[tw_swz(c)])) : v;
+            // By float4 (one division per four elements): physical float4 c4 of a row holds
+            // logical columns tw_swz(4 c4) .. + 3 (the swizzle is its own inverse and moves
+            // whole float4s).
+            float4* st4 = reinterpret_cast<float4*>(stage_smem);
+            for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
+                const int r = i / k4, c = tw_swz(4 * (i - r * k4));
+                const float f = inv_smem[r];
+                float4 v = st4[i];
+                v.x *= f, v.y *= f, v.z *= f, v.w *= f;
+                if (wn) {
+                    const float4 g = wn_smem ? *reinterpret_cast<const float4*>(wn_smem + c)
+                                             : make_float4(tw_bf16(wn[c]), tw_bf16(wn[c + 1]), tw_bf16(wn[c + 2]),
+                                                           tw_bf16(wn[c + 3]));
+                    v.x *= g.x, v.y *= g.y, v.z *= g.z, v.w *= g.w;
+                }
+                st4[i] = v;
             }
             tw_sync();
         }

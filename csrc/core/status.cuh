@@ -20,7 +20,7 @@ enum TwStatusCode : int {
     TW_STATUS_WAIT_TIMEOUT = 1,    // an event never reached its count in time
     TW_STATUS_BAD_OP = 2,          // a descriptor's op code is unknown
     TW_STATUS_BAD_DESCRIPTOR = 3,  // a descriptor field is out of range
-    TW_STATUS_NONFINITE = 4,       // an op had to choose among values that are all NaN (router scores)
+    TW_STATUS_NONFINITE = 4,       // NaN or inf where an op must choose: router scores, logits
     // Transient value while the first reporter fills the other fields. A host that
     // polls the record during a run and sees it knows an error is on its way; once the
     // kernel has stopped the record never holds it.

@@ -10,10 +10,14 @@
 // The compute warps: every op runs on these TW_THREADS threads, and synchronises them
 // with tw_sync() (named barrier 1), never __syncthreads(): the CTA also holds the loader
 // warp (csrc/core/loader.cuh), which runs its own loop and never joins an op's barriers.
-// 7 + 1 warps, not 8 + 1: each of the SM's 4 schedulers has 16K registers, and a ninth
-// warp puts 3 on one scheduler, capping a thread at 168 registers (the T = 8 build
-// spills there); with 8 warps a thread may use 255.
-#define TW_THREADS 224
+// 11 + 1 warps: each of the SM's 4 schedulers has 16K registers, so 3 warps per scheduler
+// cap a thread at 168 registers, which every T bucket fits without spilling; a 13th warp
+// would cap it at 128 (the T = 16 build spills there). Why not 7 + 1 (255 registers):
+// the GEMV and expert bodies are bound by latency, not by bytes (perf-notes v10), and 11
+// compute warps cut the mimo-mini T = 1 step from 2.03 to 1.79 ms.
+#ifndef TW_THREADS
+#define TW_THREADS 352
+#endif
 #define TW_WARPS (TW_THREADS / 32)
 #define TW_LOADER_WARPS 1
 #define TW_CTA_THREADS (TW_THREADS + 32 * TW_LOADER_WARPS)
@@ -23,6 +27,8 @@
 #ifndef TW_MAX_T
 #define TW_MAX_T 16
 #endif
+// Most experts a token chooses (runtime/megakernel.py refuses a model with more).
+#define TW_MAX_TOP_K 8
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

@@ -8,5 +8,6 @@ __device__ void tw_op_argmax_rows(const TwCtx& c, const int* a) {
     const int t = a[TW_ARGMAX_ROWS_T];
     if (threadIdx.x < t)
         c.arena_i[a[TW_ARGMAX_ROWS_OUT_OFF] + threadIdx.x] =
-            tw_tile_argmax(c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t, threadIdx.x);
+            tw_tile_argmax(c, TW_OP_ARGMAX_ROWS, c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t,
+                           threadIdx.x);
 }

@@ -6,9 +6,12 @@
 #include "core/rows.cuh"
 #include "core/prefetch.cuh"
 #include "core/cp_async.cuh"
+#include "core/gemv_mma.cuh"
 
 // 16-byte loads per row per lane per chunk: one chunk fills one ring slot (2 KB).
+#ifndef TW_GEMV_UNROLL
 #define TW_GEMV_UNROLL 2
+#endif
 
 struct TwBf16Core {
     struct Ptrs {
@@ -76,3 +79,50 @@ struct TwBf16Core {
 __device__ __forceinline__ void tw_prefetch_rows_bf16(TwPrefetch& pf, const __nv_bfloat16* w, int k, int n0, int n1) {
     pf.range(w + (long long)n0 * k, (unsigned long long)(n1 - n0) * k * 2);
 }
+
+// The bf16 format of the tensor-core GEMV (core/gemv_mma.cuh), for steps of two or more
+// tokens, where the CUDA-core walk above does T FMAs per weight (LINEAR at T = 8 took 4.6x
+// its T = 1 time, docs/benchmarks.md). A tile's 32-k block is 16 rows x 64 bytes of the
+// row-major weight (no repacking), copied in 16-byte chunks whose place in the row is
+// XORed with (row >> 1) & 3: ldmatrix's eight row addresses per 8 x 8 matrix then fall
+// in eight different bank groups. Numbers: bf16 x bf16 products are exact in fp32; the
+// input is split into bf16 hi + lo halves (two mmas, ~16 bits of the fp32 input).
+__device__ __forceinline__ void tw_split_bf162(float a, float b, unsigned int& hi, unsigned int& lo) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    const float2 back = __bfloat1622float2(h);
+    const __nv_bfloat162 l = __floats2bfloat162_rn(a - back.x, b - back.y);
+    hi = *reinterpret_cast<const unsigned int*>(&h);
+    lo = *reinterpret_cast<const unsigned int*>(&l);
+}
+
+struct TwMmaBf16 {
+    static constexpr int kTileBytes = 1024;   // 16 rows x 32 k x 2 bytes
+    static constexpr int kScaleBytes = 0;
+    static constexpr int kPassTiles = 4;      // 4 KB slots: a few in flight beside 8-16 staged rows
+    static constexpr float kXScale = 1.f;
+
+    static __device__ __forceinline__ const unsigned char* tile_block(const TwGemv& g, bool up, int rt, int kb) {
+        return static_cast<const unsigned char*>(up ? g.w2 : g.w) + ((long long)rt * 16 * g.k + 32 * kb) * 2;
+    }
+    // Chunk q: row q / 4, 16-byte piece q % 4 of the row's 64 bytes.
+    static __device__ __forceinline__ int chunk_src(int q, int k) { return (q >> 2) * k * 2 + (q & 3) * 16; }
+    static __device__ __forceinline__ int chunk_dst(int q) { return (q >> 2) * 64 + (((q & 3) ^ ((q >> 3) & 3)) << 4); }
+    static __device__ __forceinline__ const unsigned char* scale_row(const TwGemv&, bool, int, int) { return nullptr; }
+    // ldmatrix.x4: lanes 0-7 / 8-15 / 16-23 / 24-31 address rows 0-7 / 8-15 / 0-7 / 8-15 at
+    // k 0-7 / 0-7 / 8-15 / 8-15 of step s: matrices 0..3 are a0..a3 of the mma's A.
+    static __device__ __forceinline__ void fragment(const unsigned char* tile, int s, unsigned int (&a)[4]) {
+        const int l = tw_lane(), row = l & 15, chunk = 2 * s + (l >> 4);
+        const unsigned int addr = tw_smem_addr(tile + row * 64 + ((chunk ^ ((row >> 1) & 3)) << 4));
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                     : "r"(addr));
+    }
+    static __device__ __forceinline__ void mma(float (&d)[4], const unsigned int (&a)[4], unsigned int b0,
+                                               unsigned int b1) {
+        tw_mma16816_bf16(d, a, b0, b1);
+    }
+    static __device__ __forceinline__ void split(float a, float b, unsigned int& hi, unsigned int& lo) {
+        tw_split_bf162(a, b, hi, lo);
+    }
+    static __device__ __forceinline__ float2 row_factors(const unsigned char*, int) { return make_float2(1.f, 1.f); }
+};

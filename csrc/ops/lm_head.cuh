@@ -6,6 +6,7 @@
 #pragma once
 #include "core/gemv_task.cuh"
 #include "core/counter_rng.cuh"
+#include "ops/sample.cuh"
 
 __device__ __forceinline__ TwGemv tw_gemv_lm_head(const TwCtx& c, const int* a) {
     tw_dense_tokens(c, a[TW_LM_HEAD_T]);
@@ -24,7 +25,8 @@ __device__ __forceinline__ TwGemv tw_gemv_lm_head(const TwCtx& c, const int* a) 
     return g;
 }
 
-// After the GEMV (and a barrier): the tile's (max, first argmax) per row.
+// After the GEMV (and a barrier): the tile's (max, first argmax) per row; a row with a NaN
+// or infinite logit gets (+inf, TW_NONFINITE_TOKEN) instead, which wins the reduction.
 __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
     const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
     const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
@@ -40,12 +42,18 @@ __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
                             : 0u;
         float best = -INFINITY;
         int arg = 0x7fffffff;
+        bool bad = false;
         for (int n = n0 + tw_lane(); n < n1; n += 32) {
             float v = tw_ld(logits + r * ld + n);
+            bad |= !isfinite(v);
             if (inv_temp != 0.f) v = tw_sample_score(v, inv_temp, row_key, (unsigned int)n);
             if (v > best || (v == best && n < arg)) { best = v; arg = n; }
         }
         tw_warp_argmax(best, arg);
+        if (__any_sync(0xffffffffu, bad)) {   // SAMPLE / ARGMAX_ROWS refuse the row (ops/sample.cuh)
+            best = INFINITY;
+            arg = TW_NONFINITE_TOKEN;
+        }
         if (tw_lane() == 0) {
             float* b = c.arena + a[TW_LM_HEAD_BEST_OFF] + r * 2;
             b[0] = best;

@@ -7,17 +7,29 @@ __device__ void tw_op_moe_combine(const TwCtx& c, const int* a) {
     const int t = a[TW_MOE_COMBINE_T], k = c.p->top_k, slots = min(t * k, c.p->num_experts);
     const int* tab = c.arena_i + a[TW_MOE_COMBINE_TABLE_OFF];
     const int f_slot = 1 + 2 * slots + slots * t, f_weight = f_slot + t * k;
-    const int c0 = a[TW_MOE_COMBINE_C0], c1 = a[TW_MOE_COMBINE_C1];
+    const int c0 = a[TW_MOE_COMBINE_C0], w = a[TW_MOE_COMBINE_C1] - c0;
     const float* y = c.arena + a[TW_MOE_COMBINE_Y_OFF];
     const int yld = a[TW_MOE_COMBINE_Y_LD];
-    for (int i = threadIdx.x; i < t * (c1 - c0); i += TW_THREADS) {
-        const int r = i / (c1 - c0), col = c0 + i % (c1 - c0);
+    // Every (token, choice)'s slot and weight, once, into shared memory: then an output
+    // element's k reads of y go out together. Read per element, each choice was a slot
+    // load and then a y load, 2k L2 round trips in a row (~23 us per task at T = 8).
+    int* s_slot = reinterpret_cast<int*>(c.s_scratch);
+    float* s_w = c.s_scratch + TW_MAX_T * TW_MAX_TOP_K;
+    for (int i = threadIdx.x; i < t * k; i += TW_THREADS) {
+        s_slot[i] = tw_ldi(tab + f_slot + i);
+        s_w[i] = __int_as_float(tw_ldi(tab + f_weight + i));
+    }
+    tw_sync();
+    for (int i = threadIdx.x; i < t * w; i += TW_THREADS) {
+        const int r = i / w, col = c0 + i - r * w;
+        float yv[TW_MAX_TOP_K];
+#pragma unroll
+        for (int j = 0; j < TW_MAX_TOP_K; ++j)
+            if (j < k) yv[j] = tw_ld(y + (s_slot[r * k + j] * t + r) * yld + col);
         float acc = tw_ld(c.arena + a[TW_MOE_COMBINE_RESID_OFF] + r * a[TW_MOE_COMBINE_RESID_LD] + col);
-        for (int j = 0; j < k; ++j) {
-            const int s = tw_ldi(tab + f_slot + r * k + j);
-            const float wgt = __int_as_float(tw_ldi(tab + f_weight + r * k + j));
-            acc += wgt * tw_ld(y + (s * t + r) * yld + col);
-        }
+#pragma unroll
+        for (int j = 0; j < TW_MAX_TOP_K; ++j)
+            if (j < k) acc += s_w[r * k + j] * yv[j];
         c.arena[a[TW_MOE_COMBINE_OUT_OFF] + r * a[TW_MOE_COMBINE_OUT_LD] + col] = acc;
     }
 }

@@ -15,9 +15,9 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     int* tab = c.arena_i + a[TW_ROUTE_TABLE_OFF];
     // scratch: chosen ids [t][k] (int), weights [t][k], per-expert "used" flags [e]
     int* ids = reinterpret_cast<int*>(c.s_scratch);
-    float* wts = c.s_scratch + TW_MAX_T * 8;
-    int* used = reinterpret_cast<int*>(c.s_scratch + 2 * TW_MAX_T * 8);
-    float* biasf = c.s_scratch + 2 * TW_MAX_T * 8 + e;   // the choice bias [e], read once
+    float* wts = c.s_scratch + TW_MAX_T * TW_MAX_TOP_K;
+    int* used = reinterpret_cast<int*>(c.s_scratch + 2 * TW_MAX_T * TW_MAX_TOP_K);
+    float* biasf = c.s_scratch + 2 * TW_MAX_T * TW_MAX_TOP_K + e;   // the choice bias [e], read once
     float* score = biasf + e;                            // sigmoid scores [t][e], computed once
     unsigned int* masks = reinterpret_cast<unsigned int*>(score + t * e);   // used-expert ballots [32]
     // (The runtime checks that 2 * 16 * 8 + 2e + t * e + 32 floats fit TW_SCRATCH_FLOATS.)

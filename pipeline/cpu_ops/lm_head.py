@@ -2,13 +2,16 @@
 of the tile, the argmax stored as an exact float (vocab < 2**24). When the step state
 asks for sampling (inverse temperature != 0), the maxima are of the sampling scores
 logits * inv_temp + Gumbel(seed, position, token) (`counter_rng`); row t chooses the
-token at position pos + t + 1. The logits themselves are written unperturbed."""
+token at position pos + t + 1. The logits themselves are written unperturbed. A row with
+a NaN or infinite logit gets (+inf, NONFINITE_TOKEN), which wins the reduction and is
+refused there."""
 
 import torch
 
 from ..counter_rng import perturb
 from ..graph.ops import STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_WORDS
 from .context import Ctx, rms_norm_rows
+from .tile_argmax import NONFINITE_TOKEN
 
 
 def run(ctx: Ctx, a: dict[str, int]) -> None:
@@ -27,3 +30,6 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     val, idx = scores.max(dim=-1)
     best[:, 0] = val
     best[:, 1] = (idx + n0).float()
+    bad = ~torch.isfinite(logits).all(dim=-1)   # SAMPLE / ARGMAX_ROWS refuse these rows
+    best[bad, 0] = float("inf")
+    best[bad, 1] = float(NONFINITE_TOKEN)

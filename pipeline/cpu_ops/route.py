@@ -29,7 +29,7 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     nan = (scores + ctx.w(a["w_bias"]).float()).isnan().any(dim=-1)
     if nan.any():   # as the megakernel: a NaN has no place in the order
         raise DeviceError(f"ROUTE: router scores of token "
-                          f"{int(nan.nonzero()[0, 0])} hold NaN (the layer's input or router weights hold NaN or inf)")
+                          f"{int(nan.nonzero()[0, 0])} hold NaN (an activation overflowed, or a weight is not finite)")
     ids = choose(scores, ctx.w(a["w_bias"]).float(), k, cfg.n_group, cfg.topk_group)     # [t, k]
     w = scores.gather(-1, ids)
     if cfg.norm_topk_prob:

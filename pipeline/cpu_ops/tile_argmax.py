@@ -3,7 +3,12 @@ among the tiles' equal maxima, which is what one argmax over the whole row gives
 
 import torch
 
+from ..errors import DeviceError
 from .context import Ctx
+
+#: Token ids are below 2**24 (exact as floats); LM_HEAD marks a row whose logits are not
+#: all finite with this id (as csrc/ops/sample.cuh).
+NONFINITE_TOKEN = 1 << 24
 
 
 def tile_argmax(ctx: Ctx, best_off: int, n_tiles: int, t: int) -> torch.Tensor:
@@ -11,4 +16,9 @@ def tile_argmax(ctx: Ctx, best_off: int, n_tiles: int, t: int) -> torch.Tensor:
     best = ctx.rows(best_off, 2, n_tiles * t, 2).reshape(n_tiles, t, 2)
     vals, ids = best[:, :, 0], best[:, :, 1]
     top = vals.max(dim=0).values
-    return torch.where(vals == top[None, :], ids, torch.full_like(ids, float("inf"))).min(dim=0).values.int()
+    tok = torch.where(vals == top[None, :], ids, torch.full_like(ids, float("inf"))).min(dim=0).values
+    bad = ~(tok < NONFINITE_TOKEN)
+    if bad.any():
+        raise DeviceError(f"logits of token {int(bad.nonzero()[0, 0])} hold NaN or inf "
+                          "(an activation overflowed, or a weight is not finite)")
+    return tok.int()

@@ -30,7 +30,7 @@ from .draft_blocks import check_drafter, context_append, draft_pass
 from .ir import At, Buffer, Cost, Graph, Ld
 from .ops import STATE_WORDS, Op
 from .step import MAX_STEPS_PER_LAUNCH, check_capacity, target_pass
-from .tiling import TilePolicy
+from .tiling import TilePolicy, default_policy
 
 
 def _start(cfg: ModelConfig, dcfg: DraftConfig, kind: str, capacity: int) -> tuple[Graph, Buffer, Buffer]:
@@ -51,7 +51,7 @@ def _draft_layer0(dcfg: DraftConfig) -> int:
 def build_draft_step(cfg: ModelConfig, dcfg: DraftConfig, *, capacity: int = 4096,
                      policy: TilePolicy | None = None) -> Graph:
     """One draft pass (see the module docstring)."""
-    pol = policy or TilePolicy()
+    pol = policy or default_policy(dcfg.block_size)
     g, state, tok = _start(cfg, dcfg, "draft", capacity)
     draft_pass(g, dcfg, tok, state, pol, _draft_layer0(dcfg))
     return g
@@ -61,7 +61,7 @@ def build_draft_step(cfg: ModelConfig, dcfg: DraftConfig, *, capacity: int = 409
 def build_dflash_step(cfg: ModelConfig, dcfg: DraftConfig, *, capacity: int = 4096,
                       policy: TilePolicy | None = None) -> Graph:
     """One whole DFlash step that chains on the device (see the module docstring)."""
-    pol = policy or TilePolicy()
+    pol = policy or default_policy(dcfg.block_size)
     g, state, tok = _start(cfg, dcfg, "dflash", capacity)
     b, layers = g.tokens, cfg.num_layers
     out_tok = g.buffer("out_tokens", MAX_STEPS_PER_LAUNCH, b + 1, "i32", kind="carried")

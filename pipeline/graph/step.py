@@ -13,7 +13,7 @@ from ..kv_cache import MAX_STEP_TOKENS
 from .blocks import attention_block, dense_ffn_block, moe_ffn_block
 from .ir import At, Buffer, Cost, Graph, Ld
 from .ops import STATE_WORDS, Op
-from .tiling import TilePolicy
+from .tiling import TilePolicy, default_policy
 
 StepKind = Literal["decode", "verify"]
 
@@ -34,7 +34,7 @@ def build_step(cfg: ModelConfig, tokens: int, *, kind: StepKind = "decode", capa
     these target layers are copied, side by side, into the carried `hidden_out [T, K*H]`
     (what a DFlash drafter's context is made of).
     """
-    pol = policy or TilePolicy()
+    pol = policy or default_policy(tokens)
     if not 1 <= tokens <= MAX_STEP_TOKENS:
         raise GraphError(f"a step takes 1..{MAX_STEP_TOKENS} tokens, got {tokens}")
     if kind == "decode" and tokens != 1:

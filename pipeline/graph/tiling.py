@@ -31,6 +31,13 @@ class TilePolicy:
         return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
+def default_policy(tokens: int) -> TilePolicy:
+    """The policy a step of `tokens` tokens is built with: at T > 1 the megakernel runs bf16
+    GEMVs on tensor cores, in whole 16-row tiles (csrc/core/gemv_task.cuh), so output rows
+    are cut in multiples of 16; at T = 1 the CUDA-core walk takes any multiple of 8."""
+    return TilePolicy(row_align=16 if tokens > 1 else 8)
+
+
 #: Most keys one attention task stages in shared memory (K + V bf16 for qk 192 / v 128
 #: heads fill ~82 KB at 128; the megakernel refuses a chunk that does not fit).
 MAX_ATTENTION_CHUNK = 128

@@ -1,7 +1,7 @@
 """The megakernel on a Hopper GPU: greedy tokens equal the reference's over 128 steps
 (tiny and mimo-mini), verify-step logits equal the CPU executor's, and a never-signalled
 event ends the launch with a named DeviceTimeoutError instead of a hang, and NaN router
-scores end it with a named DeviceError instead of an out-of-range expert.
+scores or logits end it with a named DeviceError instead of an out-of-range index.
 
 Greedy equality is exact except at a near-tie: the megakernel and the reference sum in
 different orders (fp32 both), so where the reference's top two logits are closer than
@@ -162,10 +162,10 @@ def test_a_never_signalled_event_raises_a_named_timeout(gpu):
         runner.decode(1, 1)
 
 
-def test_nan_router_scores_raise_a_named_error_not_an_illegal_address(gpu):
-    """ROUTE meets NaN scores (weights are checked finite at load; here they are poisoned
-    after upload, as an upstream overflow would poison the activations): the launch ends
-    with a DeviceError naming the task, and the GPU context stays usable."""
+def poisoned_runner(gpu, weight: str, row: int | None = None):
+    """A tiny decode runner with NaN in `weight` (all of it, or one row) after upload:
+    weights are checked finite at load, so in a run NaN comes from activations (an
+    overflow upstream); this is the quickest way to put it there."""
     from tilewarp.runtime.megakernel import MegakernelRunner
     cfg = preset("tiny")
     w = random_weights(cfg, 0)
@@ -173,8 +173,25 @@ def test_nan_router_scores_raise_a_named_error_not_an_illegal_address(gpu):
     ref = ReferenceModel(w, capacity=256, device=gpu)
     ref.prefill(PROMPT)
     runner = MegakernelRunner(prog, w, ref.cache, wait_bound_s=0.5)
-    router = next(d.index for d in prog.weights if d.name == "L1.router")
-    runner.tables[router]["w"].fill_(float("nan"))
-    with pytest.raises(DeviceError, match=r"non-finite values .* \(ROUTE, L1\.\w+\).*token 0 hold NaN"):
+    table = runner.tables[next(d.index for d in prog.weights if d.name == weight)]["w"]
+    table[slice(None) if row is None else row] = float("nan")
+    return runner
+
+
+def test_nan_router_scores_raise_a_named_error_not_an_illegal_address(gpu):
+    """ROUTE meets NaN scores: the launch ends with a DeviceError naming the task (it was
+    an out-of-range expert index), and the GPU context stays usable."""
+    runner = poisoned_runner(gpu, "L1.router")
+    with pytest.raises(DeviceError, match=r"non-finite values .* \(ROUTE, L1\.\w+\).*router scores of token 0 hold NaN"):
         runner.decode(1, 1)
     assert torch.ones(4, device=gpu).sum().item() == 4.0   # the context survived
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+def test_a_nan_logit_raises_a_named_error_not_a_token(gpu, temperature):
+    """One NaN logit (LM-head row 7): the compare would skip it (or, all NaN, leave the
+    argmax at 0x7fffffff for the next step's EMBED); SAMPLE refuses the row instead."""
+    runner = poisoned_runner(gpu, "lm_head", row=7)
+    with pytest.raises(DeviceError, match=r"non-finite values .* \(SAMPLE, \w+\).*logits of token 0 hold NaN or inf"):
+        runner.decode(1, 1, temperature=temperature)
+    assert torch.ones(4, device=gpu).sum().item() == 4.0

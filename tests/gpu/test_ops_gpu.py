@@ -28,6 +28,11 @@ pytestmark = pytest.mark.gpu
 BOUNDS = {Op.EMBED: 0.0, Op.LINEAR: 2e-4, Op.LINEAR_SWIGLU: 2e-4, Op.ROPE_KV: 2e-4, Op.ATTN_PARTIAL: 5e-4,
           Op.ATTN_MERGE: 5e-4, Op.EXPERT_UP: 5e-4, Op.EXPERT_DOWN: 5e-4, Op.MOE_COMBINE: 5e-4, Op.LM_HEAD: 5e-4}
 
+#: The routing weights (fp32, from the router scores' sigmoid): close, not equal. The
+#: router GEMV of a step of >= 2 tokens runs on tensor cores with its input split into
+#: bf16 hi + lo (~2^-17 relative), so the weights differ from the CPU's fp32 by ~1e-5.
+ROUTE_WEIGHTS_TOL = {"rtol": 1e-4, "atol": 1e-6}
+
 PROMPT = [3, 17, 91, 5, 42, 7, 250, 11, 64, 2, 33, 128, 9, 77, 150, 21, 8, 99, 4, 60, 12, 13]
 
 
@@ -80,7 +85,7 @@ def test_every_op_equals_the_cpu_executor(gpu, tokens):
                 cut = f["tok_weight"]
                 assert torch.equal(xi[:cut], yi[:cut]), f"{b.name}: routing differs"
                 torch.testing.assert_close(yi[cut:].view(torch.float32), xi[cut:].view(torch.float32),
-                                           rtol=1e-5, atol=1e-7)
+                                           **ROUTE_WEIGHTS_TOL)
             else:
                 assert torch.equal(xi, yi), f"{b.name} ({op.name}) differs"
             continue

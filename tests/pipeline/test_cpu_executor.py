@@ -183,20 +183,34 @@ def test_wrong_token_counts_step_counts_and_overflow_are_refused(decode_program,
     assert ex.steps_done == 0, "a refused launch runs nothing"
 
 
-def router_index(program: Program, layer: int) -> int:
-    return next(d.index for d in program.weights if d.name == f"L{layer}.router")
+def poison(ex: CpuExecutor, program: Program, weight: str, row: int | None = None) -> None:
+    """NaN into a weight after load (loading checks weights are finite: in a run, NaN comes
+    from activations, e.g. an overflow upstream); `row`: only that row."""
+    w = ex.ctx.weights[next(d.index for d in program.weights if d.name == weight)]["w"]
+    w = w.clone()
+    w[slice(None) if row is None else row] = float("nan")
+    ex.ctx.weights[next(d.index for d in program.weights if d.name == weight)]["w"] = w
 
 
 def test_nan_router_scores_raise_a_named_error_instead_of_choosing_experts(decode_program):
     """As the megakernel (tests/gpu/test_megakernel_gpu.py): a NaN has no place in the
-    top-k order, so ROUTE refuses (weights are checked finite at load: NaN here comes from
-    activations, e.g. an overflow upstream)."""
+    top-k order, so ROUTE refuses."""
     w = random_weights(CFG, 0)
     ex = CpuExecutor(decode_program, w, prefilled_cache(w))
-    ex.ctx.weights[router_index(decode_program, 1)]["w"] = torch.full_like(
-        ex.ctx.weights[router_index(decode_program, 1)]["w"], float("nan"))
+    poison(ex, decode_program, "L1.router")
     with pytest.raises(DeviceError, match=r"cpu executor at task \d+ \(ROUTE, L1\.\w+\).*token 0 hold NaN"):
         ex.decode(PROMPT[-1], 1)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+def test_a_nan_logit_is_refused_by_sample_instead_of_becoming_a_token(decode_program, temperature):
+    """One NaN logit (LM-head row 7) is enough: torch's argmax would pick it, the device's
+    compare would skip it; both refuse the row instead, naming SAMPLE."""
+    w = random_weights(CFG, 0)
+    ex = CpuExecutor(decode_program, w, prefilled_cache(w))
+    poison(ex, decode_program, "lm_head", row=7)
+    with pytest.raises(DeviceError, match=r"\(SAMPLE, \w+\).*logits of token 0 hold NaN or inf"):
+        ex.decode(PROMPT[-1], 1, temperature=temperature)
 
 
 # ------------------------------------------------------------------ declared accesses
