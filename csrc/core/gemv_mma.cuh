@@ -18,6 +18,7 @@
 // issued before the task's input rows are staged. Measured on mimo-mini (docs/perf-notes.md
 // v9): an EXPERT_UP task body went from 26 to 17 us; depths 2, 4 and 8 are within 2%.
 #pragma once
+#include <cuda_fp16.h>
 #include "core/gemv_desc.cuh"
 #include "core/cp_async.cuh"
 #include "core/rows.cuh"
@@ -33,6 +34,24 @@ static_assert(TW_WARPS * TW_MMA_TILES * 32 * 4 <= TW_SCRATCH_FLOATS, "every warp
 template <class F>
 __device__ __forceinline__ constexpr int tw_mma_min_ring_floats() {
     return TW_WARPS * F::kPassTiles * (F::kTileBytes + F::kScaleBytes) / 4;
+}
+
+// 16-bit pairs of either mma input type, packed from and widened to fp32.
+__device__ __forceinline__ void tw_pack2(float a, float b, __half2& h) { h = __floats2half2_rn(a, b); }
+__device__ __forceinline__ void tw_pack2(float a, float b, __nv_bfloat162& h) { h = __floats2bfloat162_rn(a, b); }
+__device__ __forceinline__ float2 tw_widen2(__half2 h) { return __half22float2(h); }
+__device__ __forceinline__ float2 tw_widen2(__nv_bfloat162 h) { return __bfloat1622float2(h); }
+
+// (a, b) as hi and lo pairs of type H2 (__half2: ~22 bits of a and b; __nv_bfloat162:
+// ~16 bits), a = hi.x + lo.x: the x of a tensor-core GEMV fed to two mmas.
+template <class H2>
+__device__ __forceinline__ void tw_split2(float a, float b, unsigned int& hi, unsigned int& lo) {
+    H2 h, l;
+    tw_pack2(a, b, h);
+    const float2 back = tw_widen2(h);
+    tw_pack2(a - back.x, b - back.y, l);
+    hi = *reinterpret_cast<const unsigned int*>(&h);
+    lo = *reinterpret_cast<const unsigned int*>(&l);
 }
 
 __device__ __forceinline__ void tw_mma16816_f16(float (&d)[4], const unsigned int (&a)[4], unsigned int b0,

@@ -87,14 +87,6 @@ __device__ __forceinline__ void tw_prefetch_rows_bf16(TwPrefetch& pf, const __nv
 // XORed with (row >> 1) & 3: ldmatrix's eight row addresses per 8 x 8 matrix then fall
 // in eight different bank groups. Numbers: bf16 x bf16 products are exact in fp32; the
 // input is split into bf16 hi + lo halves (two mmas, ~16 bits of the fp32 input).
-__device__ __forceinline__ void tw_split_bf162(float a, float b, unsigned int& hi, unsigned int& lo) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    const float2 back = __bfloat1622float2(h);
-    const __nv_bfloat162 l = __floats2bfloat162_rn(a - back.x, b - back.y);
-    hi = *reinterpret_cast<const unsigned int*>(&h);
-    lo = *reinterpret_cast<const unsigned int*>(&l);
-}
-
 struct TwMmaBf16 {
     static constexpr int kTileBytes = 1024;   // 16 rows x 32 k x 2 bytes
     static constexpr int kScaleBytes = 0;
@@ -122,7 +114,7 @@ struct TwMmaBf16 {
         tw_mma16816_bf16(d, a, b0, b1);
     }
     static __device__ __forceinline__ void split(float a, float b, unsigned int& hi, unsigned int& lo) {
-        tw_split_bf162(a, b, hi, lo);
+        tw_split2<__nv_bfloat162>(a, b, hi, lo);
     }
     static __device__ __forceinline__ float2 row_factors(const unsigned char*, int) { return make_float2(1.f, 1.f); }
 };

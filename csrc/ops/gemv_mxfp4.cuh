@@ -29,15 +29,6 @@ __device__ __forceinline__ unsigned int tw_e2m1x2_half2(unsigned int w) {
     return mag | ((w << (12 - 4 * J)) & 0x80008000u);
 }
 
-// (a, b) as fp16 hi and lo halves: a = hi.x + lo.x to ~22 bits.
-__device__ __forceinline__ void tw_split_half2(float a, float b, unsigned int& hi, unsigned int& lo) {
-    const __half2 h = __floats2half2_rn(a, b);
-    const float2 back = __half22float2(h);
-    const __half2 l = __floats2half2_rn(a - back.x, b - back.y);
-    hi = *reinterpret_cast<const unsigned int*>(&h);
-    lo = *reinterpret_cast<const unsigned int*>(&l);
-}
-
 struct TwMmaFp4 {
     static constexpr int kTileBytes = 256;   // 16 rows x 32 k codes: the two k16 tiles' 32 words each
     static constexpr int kScaleBytes = 16;   // the tile's 16 rows' scales of the block
@@ -65,7 +56,7 @@ struct TwMmaFp4 {
         tw_mma16816_f16(d, a, b0, b1);
     }
     static __device__ __forceinline__ void split(float a, float b, unsigned int& hi, unsigned int& lo) {
-        tw_split_half2(a, b, hi, lo);
+        tw_split2<__half2>(a, b, hi, lo);
     }
     // Rows gq and gq + 8: their E8M0 block scales, times the decode's and input's 2^16.
     static __device__ __forceinline__ float2 row_factors(const unsigned char* scales, int gq) {
