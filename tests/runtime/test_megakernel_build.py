@@ -18,7 +18,10 @@ def test_the_megakernel_compiles_for_sm90a_with_no_spills_and_no_stack(tmp_path,
     assert build.cubin[:4] == b"\x7fELF"
     assert k.spill_store_bytes == 0 and k.spill_load_bytes == 0, k
     assert k.stack_frame_bytes == 0, k
-    assert k.registers <= 255, k
+    # 11 compute warps + the loader warp (csrc/core/util.cuh) share the SM's 64K registers.
+    assert k.registers * 12 * 32 <= 65536, k
+    # The runtime launches with the block size the build exports, not a constant of its own.
+    assert b"tw_cta_threads" in build.cubin
     assert k.shared_bytes + SMEM_BYTES <= 227 * 1024, "static + dynamic shared memory must fit one SM"
 
 
