@@ -54,21 +54,18 @@ __device__ __forceinline__ void tw_split2(float a, float b, unsigned int& hi, un
     lo = *reinterpret_cast<const unsigned int*>(&l);
 }
 
-__device__ __forceinline__ void tw_mma16816_f16(float (&d)[4], const unsigned int (&a)[4], unsigned int b0,
-                                                unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void tw_mma16816_bf16(float (&d)[4], const unsigned int (&a)[4], unsigned int b0,
-                                                 unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// d += a b, m16n8k16, fp32 accumulation; TYPE is the inputs' PTX type (f16 or bf16).
+#define TW_MMA16816(NAME, TYPE)                                                                            \
+    __device__ __forceinline__ void NAME(float (&d)[4], const unsigned int (&a)[4], unsigned int b0,       \
+                                         unsigned int b1) {                                                \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, "         \
+                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                                              \
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                      \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                     \
+    }
+TW_MMA16816(tw_mma16816_f16, "f16")
+TW_MMA16816(tw_mma16816_bf16, "bf16")
+#undef TW_MMA16816
 
 // The warp's weight stream. An item is one 32-k block of one pass: its tiles' code blocks
 // (F::kTileBytes each), then their F::kScaleBytes scale rows. The warp's items run pass by
