@@ -18,6 +18,7 @@ from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.random_model import random_weights
 from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.schedule import DeviceModel, schedule
+from tilewarp.pipeline.weights import Weights
 from tilewarp.runtime.megakernel import MegakernelRunner
 from tilewarp.runtime.trace import op_summary, stage_floor_summary, write_trace
 
@@ -36,16 +37,18 @@ def copy_bandwidth(nbytes: int = 2 << 30) -> float:
 
 
 class DecodeBench:
-    """A random model of `cfg`, its program (decode at `tokens` = 1, else verify of
-    `tokens`) and a KV cache filled to `context - room` tokens: what every megakernel
-    timing of this shape shares."""
+    """A random model of `cfg` (or the given `weights`), its program (decode at `tokens` = 1,
+    else verify of `tokens`) and a KV cache of `context` slots filled to `context - room`
+    tokens: what every megakernel timing of this shape shares."""
 
-    def __init__(self, cfg: ModelConfig, context: int, room: int, tokens: int = 1) -> None:
-        t0 = time.time()
-        self.weights = random_weights(cfg, 0)
-        print(f"random weights: {time.time() - t0:.1f} s")
+    def __init__(self, cfg: ModelConfig, context: int, room: int, tokens: int = 1,
+                 weights: Weights | None = None) -> None:
+        if weights is None:
+            t0 = time.time()
+            weights = random_weights(cfg, 0)
+            print(f"random weights: {time.time() - t0:.1f} s")
+        self.weights = weights
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        self.tokens = tokens
         self.graph = build_step(cfg, tokens, kind="decode" if tokens == 1 else "verify", capacity=context)
         self.prog = lower(schedule(self.graph, DeviceModel(workers=sms)))
         self.ref = ReferenceModel(self.weights, capacity=context, device="cuda")
@@ -64,6 +67,14 @@ class DecodeBench:
         return runner
 
 
+def one_step(runner: MegakernelRunner) -> None:
+    """One step of the runner's program: a decode step, or a verify step of its T tokens."""
+    if runner.p.tokens == 1:
+        runner.decode(1, 1)
+    else:
+        runner.verify(list(range(5, 5 + runner.p.tokens)))
+
+
 def time_decode(runner: MegakernelRunner, steps: int, repeats: int) -> list[float]:
     """ms per step, sorted, of `repeats` runs of `steps` steps (one untimed run first:
     module load, caches). A decode program chains its steps in one launch; a verify
@@ -72,12 +83,12 @@ def time_decode(runner: MegakernelRunner, steps: int, repeats: int) -> list[floa
         def run() -> None:
             runner.decode(1, steps)
     else:
-        block, start = list(range(5, 5 + runner.p.tokens)), runner.cache.length
+        start = runner.cache.length
 
         def run() -> None:
             for _ in range(steps):
                 runner.cache.length = start
-                runner.verify(block)
+                one_step(runner)
     run()
     times = []
     for _ in range(repeats):

@@ -21,16 +21,11 @@ import statistics
 import torch
 
 from tilewarp.pipeline.config import GLOBAL
-from tilewarp.pipeline.graph.step import build_step
-from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.random_model import random_weights
-from tilewarp.pipeline.reference import ReferenceModel
-from tilewarp.pipeline.schedule import DeviceModel, schedule
-from tilewarp.runtime.megakernel import MegakernelRunner
 from tilewarp.runtime.trace import stage_floor_summary
 
-from examples.bench_megakernel import copy_bandwidth
+from examples.bench_megakernel import DecodeBench, copy_bandwidth, one_step
 
 #: Rows of the table: ops as named in the trace, attention split by layer kind.
 ATTENTION = ("ATTN_PARTIAL", "ATTN_MERGE")
@@ -48,26 +43,18 @@ def layer_kind_label(cfg):
 
 def run_case(cfg, weights, tokens: int, context: int, repeats: int, bw: float) -> dict[str, dict[str, float]]:
     """Median per-op rows of `repeats` traced steps of T = `tokens` at `context` cached tokens."""
-    kind = "decode" if tokens == 1 else "verify"
-    capacity = context + 64
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    graph = build_step(cfg, tokens, kind=kind, capacity=capacity)
-    prog = lower(schedule(graph, DeviceModel(workers=sms)))
-    ref = ReferenceModel(weights, capacity=capacity, device="cuda")
-    for k, v in zip(ref.cache.k, ref.cache.v):
-        k.normal_(0, 1)
-        v.normal_(0, 1)
-    runner = MegakernelRunner(prog, weights, ref.cache, trace_cap=256)
-    block = list(range(5, 5 + tokens))
+    bench = DecodeBench(cfg, context + 64, 64, tokens, weights=weights)
+    runner = bench.runner(trace_cap=256)
     label = layer_kind_label(cfg)
     samples: dict[str, list[dict[str, float]]] = {}
     for i in range(repeats + 1):   # the first step warms up (module load, caches)
-        ref.cache.length = context
+        bench.ref.cache.length = bench.start
         runner.tracing = i > 0
-        runner.decode(block[0], 1) if kind == "decode" else runner.verify(block)
+        one_step(runner)
         if i == 0:
             continue
-        rows = stage_floor_summary(runner.trace_records(), prog, [t.cost.bytes for t in graph.tasks], bw, label)
+        rows = stage_floor_summary(runner.trace_records(), bench.prog, [t.cost.bytes for t in bench.graph.tasks], bw,
+                                   label)
         for op, row in rows.items():
             samples.setdefault(op, []).append(row)
     return {op: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for op, rs in samples.items()}

@@ -37,5 +37,11 @@ class DeviceError(TilewarpError, RuntimeError):
     """The GPU side failed: build, launch, or an error record written by the megakernel."""
 
 
+def nonfinite_message(what: str, token: int) -> str:
+    """The one wording of a NaN / inf refusal (ROUTE's scores, LM head logits), on the CPU
+    executor and the megakernel alike."""
+    return f"{what} of token {token} hold NaN or inf (an activation overflowed, or a weight is not finite)"
+
+
 class DeviceTimeoutError(DeviceError):
     """A megakernel task waited past its bound on an event that never reached its count."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from tilewarp.pipeline.config import ModelConfig
-from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError, GraphError, InputError
+from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError, GraphError, InputError, nonfinite_message
 from tilewarp.pipeline.graph.ops import STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
 from tilewarp.pipeline.graph.step import build_decode_step
 from tilewarp.pipeline.kv_cache import KVCache
@@ -280,8 +280,7 @@ class MegakernelRunner:
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
         if code == 4:
             what = "router scores" if int(st["op"]) == Op.ROUTE else "logits"
-            raise DeviceError(f"{msg}: {what} of token {int(st['seen'])} hold NaN or inf "
-                              "(an activation overflowed, or a weight is not finite)")
+            raise DeviceError(f"{msg}: {nonfinite_message(what, int(st['seen']))}")
         raise DeviceError(msg)
 
     def _begin(self, tokens: list[int], position: int | None = None, temperature: float = 0.0,

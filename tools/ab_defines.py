@@ -15,7 +15,7 @@ import argparse
 import os
 import statistics
 
-from examples.bench_megakernel import DecodeBench, time_decode
+from examples.bench_megakernel import DecodeBench, one_step, time_decode
 from tilewarp.pipeline.errors import TilewarpError
 from tilewarp.pipeline.presets import preset
 from tilewarp.runtime.trace import op_summary
@@ -58,7 +58,7 @@ def main() -> None:
                 ms[name] += time_decode(runner, args.steps, args.repeats)
                 if rnd == 0:
                     runner.tracing = True
-                    runner.decode(1, 1) if args.tokens == 1 else runner.verify(list(range(5, 5 + args.tokens)))
+                    one_step(runner)
                     per_op[name] = op_summary(runner.trace_records(), bench.prog)
             except TilewarpError as e:   # a variant that breaks the kernel is a result too
                 failed[name] = str(e)

@@ -19,11 +19,6 @@ __device__ __forceinline__ void tw_cp_async16(void* dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" : : "r"(tw_smem_addr(dst)), "l"(src) : "memory");
 }
 
-// 4 bytes (both addresses 4-byte aligned).
-__device__ __forceinline__ void tw_cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" : : "r"(tw_smem_addr(dst)), "l"(src) : "memory");
-}
-
 __device__ __forceinline__ void tw_cp_async_commit() { asm volatile("cp.async.commit_group;" : : : "memory"); }
 
 // Every group this thread committed, except the newest N, has landed in shared memory.

@@ -4,10 +4,9 @@
 // output) and streams each group in chunks (Core::chunks per row) through its own ring
 // of TW_RING_DEPTH shared-memory slots: cp.async copies (core/cp_async.cuh) keep the
 // next TW_RING_DEPTH - 1 chunks in flight, across group boundaries, while the warp
-// computes one. Why: an SM streaming its ~23 GB/s share of HBM at ~1.5 us latency needs
-// ~35 KB in flight (Little's law); one 2 KB register chunk per warp kept ~14 KB. (At one
-// token the MXFP4 tasks turned out bound by decode instructions rather than by bytes in
-// flight: docs/perf-notes.md v8.)
+// computes one. (Designed for bytes in flight, by Little's law; measured since, the walk
+// is bound by its own latency and instructions instead: ring depths 3, 6 and 10 time the
+// same, and so does a pass whose weights L2 already holds. docs/perf-notes.md v10.)
 //
 // A Core provides: Ptrs (the group's two row pointers, null past the tile), Slot (one
 // chunk in shared memory), chunks(k), load(slot, ptrs, k, i) issuing the lane's copies of

@@ -52,17 +52,17 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
             const float sc = score[r * e + arg];
             sum += sc;
             if (lane == 0) {
-                ids[r * 8 + j] = arg;
-                wts[r * 8 + j] = sc;
+                ids[r * TW_MAX_TOP_K + j] = arg;
+                wts[r * TW_MAX_TOP_K + j] = sc;
                 used[arg] = 1;
             }
         }
         if (lane == 0) {
 #pragma unroll 1   // an IEEE division per choice: unrolled, 4x its code for no gain
             for (int j = 0; j < k; ++j) {
-                float v = wts[r * 8 + j];
+                float v = wts[r * TW_MAX_TOP_K + j];
                 if (c.p->norm_topk_prob) v = v / (sum + 1e-20f);
-                wts[r * 8 + j] = v * c.p->routed_scaling;
+                wts[r * TW_MAX_TOP_K + j] = v * c.p->routed_scaling;
             }
         }
     }
@@ -90,7 +90,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
 #pragma unroll 1
         for (int r = 0; r < t; ++r) {
             bool hit = false;
-            for (int j = 0; j < k; ++j) hit |= ids[r * 8 + j] == x;
+            for (int j = 0; j < k; ++j) hit |= ids[r * TW_MAX_TOP_K + j] == x;
             if (hit) tab[f_tokens + n * t + cnt++] = r;
         }
         tab[f_count + n] = cnt;
@@ -103,7 +103,7 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     tw_sync();
     for (int i = threadIdx.x; i < t * k; i += TW_THREADS) {
         const int r = i / k, j = i - r * k;
-        tab[f_slot + i] = used[ids[r * 8 + j]] - 1;
-        tab[f_weight + i] = __float_as_int(wts[r * 8 + j]);
+        tab[f_slot + i] = used[ids[r * TW_MAX_TOP_K + j]] - 1;
+        tab[f_weight + i] = __float_as_int(wts[r * TW_MAX_TOP_K + j]);
     }
 }

@@ -5,7 +5,7 @@ Slots are the distinct chosen experts in ascending id order; the table layout is
 
 import torch
 
-from ..errors import DeviceError
+from ..errors import DeviceError, nonfinite_message
 from ..graph.ops import slot_table_fields
 from .context import Ctx
 
@@ -26,11 +26,11 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     e, k = cfg.num_experts, cfg.top_k
     slots = min(t * k, e)
     scores = torch.sigmoid(ctx.rows(a["logits_off"], e, t, e))
-    nan = (scores + ctx.w(a["w_bias"]).float()).isnan().any(dim=-1)
+    bias = ctx.w(a["w_bias"]).float()
+    nan = (scores + bias).isnan().any(dim=-1)
     if nan.any():   # as the megakernel: a NaN has no place in the order
-        raise DeviceError(f"ROUTE: router scores of token "
-                          f"{int(nan.nonzero()[0, 0])} hold NaN (an activation overflowed, or a weight is not finite)")
-    ids = choose(scores, ctx.w(a["w_bias"]).float(), k, cfg.n_group, cfg.topk_group)     # [t, k]
+        raise DeviceError("ROUTE: " + nonfinite_message("router scores", int(nan.nonzero()[0, 0])))
+    ids = choose(scores, bias, k, cfg.n_group, cfg.topk_group)     # [t, k]
     w = scores.gather(-1, ids)
     if cfg.norm_topk_prob:
         w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)

@@ -3,7 +3,7 @@ among the tiles' equal maxima, which is what one argmax over the whole row gives
 
 import torch
 
-from ..errors import DeviceError
+from ..errors import DeviceError, nonfinite_message
 from .context import Ctx
 
 #: Token ids are below 2**24 (exact as floats); LM_HEAD marks a row whose logits are not
@@ -19,6 +19,5 @@ def tile_argmax(ctx: Ctx, best_off: int, n_tiles: int, t: int) -> torch.Tensor:
     tok = torch.where(vals == top[None, :], ids, torch.full_like(ids, float("inf"))).min(dim=0).values
     bad = ~(tok < NONFINITE_TOKEN)
     if bad.any():
-        raise DeviceError(f"logits of token {int(bad.nonzero()[0, 0])} hold NaN or inf "
-                          "(an activation overflowed, or a weight is not finite)")
+        raise DeviceError(nonfinite_message("logits", int(bad.nonzero()[0, 0])))
     return tok.int()
