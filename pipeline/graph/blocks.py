@@ -19,6 +19,10 @@ from .tiling import TilePolicy, attention_chunk, swa_chunks
 
 BF16 = BYTES_PER["bf16"]
 FP4 = BYTES_PER["mxfp4"]
+#: MOE_COMBINE tasks per MoE layer (at least one per down tile): the 16 of mimo-mini at
+#: T = 1, ~2 us each on an H100.
+COMBINE_TASKS = 16
+COMBINE_MIN_COLS = 32
 
 
 def _x_args(x: Buffer, norm: object) -> dict:
@@ -154,7 +158,7 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
     wd = g.weight(f"{p}.experts.down", "mxfp4_bank", rows=hid, cols=inter, experts=e)
     wn = g.weight(f"{p}.norm_post", "vector", size=hid)
     # Expert row tiles are whole 16-row mma tiles (csrc/ops/gemv_mxfp4.cuh).
-    up_tiles = pol.split(inter, pol.tiles_for(slots * 2 * inter * hid * FP4, inter, share=1.0 / slots), align=16)
+    up_tiles = pol.split(inter, pol.tiles_per_group(inter, slots, 16, 2 * hid * FP4), align=16)
     xa, h_all, tab, tab_all, act_ld = _x_args(h, wn), h.tile(), At(table), table.tile(), Ld(act)
     up_cost = {(n0, n1): Cost(2 * (n1 - n0) * hid * FP4, 4 * t * (n1 - n0) * hid) for n0, n1 in up_tiles}
     for s in range(slots):
@@ -166,7 +170,7 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
                    stage=stage, group=group, layer=layer, cost=up_cost[n0, n1])
 
     y = g.buffer(f"{p}.y", slots * t, hid)
-    down_tiles = pol.split(hid, pol.tiles_for(slots * hid * inter * FP4, hid, share=1.0 / slots), align=16)
+    down_tiles = pol.split(hid, pol.tiles_per_group(hid, slots, 16, inter * FP4), align=16)
     y_ld, stage = Ld(y), f"{p}.down"
     down = [(j, n0, n1, f"{p}.down.c{j}", Cost((n1 - n0) * inter * FP4, 2 * t * (n1 - n0) * inter))
             for j, (n0, n1) in enumerate(down_tiles)]
@@ -180,7 +184,14 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
                    stage=stage, group=group, layer=layer, cost=cost)
 
     x_next = g.buffer(f"L{layer + 1}.x", t, hid)
-    for n0, n1 in down_tiles:
+    # Combine tiles: each down tile's columns cut again, to COMBINE_TASKS in all (none
+    # narrower than COMBINE_MIN_COLS). A combine
+    # moves almost no bytes, so its stage costs its slowest task's latency: few wide tasks
+    # (3 at T = 8 with the down tiles' columns) took ~16 us each.
+    per_down = max(1, COMBINE_TASKS // len(down_tiles))
+    combine_tiles = [(n0 + a, n0 + b) for n0, n1 in down_tiles
+                     for a, b in pol.split(n1 - n0, min(per_down, max(1, (n1 - n0) // COMBINE_MIN_COLS)))]
+    for n0, n1 in combine_tiles:
         g.task(Op.MOE_COMBINE, {"y_off": At(y), "y_ld": y_ld, "t": t, "table_off": tab, "resid_off": At(h),
                                 "resid_ld": Ld(h), "out_off": At(x_next), "out_ld": Ld(x_next), "c0": n0, "c1": n1,
                                 "layer": layer},

@@ -24,6 +24,24 @@ class TilePolicy:
         n = max(1, min(n, self.max_tiles, ceil_div(rows, self.row_align)))
         return n
 
+    def tiles_per_group(self, rows: int, groups: int, align: int, row_bytes: float) -> int:
+        """Tiles to cut each of `groups` equal row ranges into (a MoE layer's expert slots):
+        the count that gives the busiest worker the least work, a task's work being its
+        bytes plus `min_task_bytes` of fixed cost, and no task below `min_task_bytes`. Why whole waves: the tasks of a stage
+        past the first `workers` wait for a second round, so 192 tasks on 132 workers cost
+        two task times where 128 larger ones cost one (the T = 8 expert stages,
+        docs/perf-notes.md v10)."""
+        units = ceil_div(rows, align)
+        best_load, best_n = None, 1
+        for n in range(1, units + 1):
+            task_bytes = ceil_div(units, n) * align * row_bytes
+            if n > 1 and task_bytes < self.min_task_bytes:
+                break
+            load = ceil_div(groups * n, self.workers) * (self.min_task_bytes + task_bytes)
+            if best_load is None or load < best_load:
+                best_load, best_n = load, n
+        return best_n
+
     def split(self, rows: int, tiles: int, align: int | None = None) -> list[tuple[int, int]]:
         """`rows` cut into at most `tiles` ranges, each a multiple of `align` (but the last)."""
         align = align or self.row_align

@@ -7,12 +7,12 @@ read as the rule: one ROPE_KV per kv head per layer, one ROUTE per MoE layer, an
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
-from tilewarp.pipeline.config import ceil_div
+from tilewarp.pipeline.config import BYTES_PER, ceil_div
 from tilewarp.pipeline.errors import GraphError
 from tilewarp.pipeline.graph.ir import At, Cost, Graph
 from tilewarp.pipeline.graph.ops import Op
@@ -96,8 +96,23 @@ def test_tiny_decode_step_has_the_expected_task_counts():
     """A snapshot of tiny decode at capacity 256: catches an accidental change of tiling."""
     g = build_decode_step(CFG, capacity=CAP)
     assert g.summary() == {"EMBED": 1, "LINEAR": 20, "ROPE_KV": 6, "ATTN_PARTIAL": 12, "ATTN_MERGE": 6,
-                           "LINEAR_SWIGLU": 6, "ROUTE": 3, "EXPERT_UP": 6, "EXPERT_DOWN": 6, "MOE_COMBINE": 3,
+                           "LINEAR_SWIGLU": 6, "ROUTE": 3, "EXPERT_UP": 6, "EXPERT_DOWN": 6, "MOE_COMBINE": 12,
                            "LM_HEAD": 6, "SAMPLE": 1}
+
+
+def test_expert_tiles_fill_whole_waves_of_workers():
+    """mimo-mini on 132 workers: at T = 8 (64 slots) 2 tiles per slot (128 tasks, one wave),
+    not 3 (192 tasks: two waves for 60 workers); at T = 1 (8 slots) still 16 per slot; no
+    task below the policy's minimum bytes (tiny: one tile per slot)."""
+    pol = TilePolicy()
+    mini = preset("mimo-mini")
+    up_row = 2 * mini.hidden_size * BYTES_PER["mxfp4"]
+    assert pol.tiles_per_group(mini.moe_intermediate, 64, 16, up_row) == 2
+    assert pol.tiles_per_group(mini.moe_intermediate, 8, 16, up_row) == 16
+    assert pol.tiles_per_group(CFG.moe_intermediate, 2, 16, 2 * CFG.hidden_size * BYTES_PER["mxfp4"]) == 1
+    verify = build_verify_step(mini, 8, capacity=4160)
+    layer3 = Counter(t.op for t in verify.tasks if t.layer == 3)
+    assert (layer3[Op.EXPERT_UP], layer3[Op.EXPERT_DOWN], layer3[Op.MOE_COMBINE]) == (128, 128, 16)
 
 
 def test_a_task_with_unknown_or_missing_arguments_is_refused():
