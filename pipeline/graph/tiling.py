@@ -3,6 +3,7 @@ workers, few enough that each task's fixed cost (fetch, waits, signal) stays sma
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..config import ceil_div
@@ -19,8 +20,11 @@ class TilePolicy:
     def tiles_for(self, total_bytes: float, rows: int, share: float = 1.0) -> int:
         """How many tiles to cut `rows` into. `share` is the fraction of the workers this
         stage should occupy (e.g. 1/slots for one expert of a MoE layer)."""
-        per_worker = total_bytes / max(1.0, self.workers * share)
-        n = ceil_div(int(total_bytes), max(int(per_worker), self.min_task_bytes))
+        # The per-worker share rounds up: rounded down, it cut one tile too many whenever
+        # the bytes do not divide by the workers (the T = 1 LM head had 133 tiles on 132
+        # workers, and one worker ran a second, 70 us task: perf-notes v11).
+        per_worker = math.ceil(total_bytes / max(1.0, self.workers * share))
+        n = ceil_div(int(total_bytes), max(per_worker, self.min_task_bytes))
         n = max(1, min(n, self.max_tiles, ceil_div(rows, self.row_align)))
         return n
 

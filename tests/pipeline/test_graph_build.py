@@ -115,6 +115,20 @@ def test_expert_tiles_fill_whole_waves_of_workers():
     assert (layer3[Op.EXPERT_UP], layer3[Op.EXPERT_DOWN], layer3[Op.MOE_COMBINE]) == (128, 128, 16)
 
 
+def test_a_stage_spread_over_the_workers_is_cut_into_at_most_one_wave():
+    """Bytes that do not divide by the workers still make one tile per worker, not one
+    more: mimo-mini's LM head (152576 x 2048 bf16) was cut into 133 tiles on 132 workers,
+    and one worker ran a second task after its first (70 us per token, perf-notes v11)."""
+    pol = TilePolicy()
+    mini = preset("mimo-mini")
+    lm_bytes = mini.vocab_size * mini.hidden_size * BYTES_PER["bf16"]
+    assert lm_bytes % pol.workers != 0
+    assert pol.tiles_for(lm_bytes, mini.vocab_size) == pol.workers
+    for tokens in (1, 8):
+        g = build_step(mini, tokens, kind="decode" if tokens == 1 else "verify", capacity=4160)
+        assert sum(t.op == Op.LM_HEAD for t in g.tasks) <= pol.workers
+
+
 def test_a_task_with_unknown_or_missing_arguments_is_refused():
     g = Graph(CFG, 1, "decode", CAP)
     x = g.buffer("x", 1, 8)
