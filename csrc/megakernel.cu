@@ -45,6 +45,16 @@
 #define TW_PREFETCH_EXPERTS 1
 #endif
 
+// Timing experiment only: the small ops (no weights) run twice, so a traced task holds a
+// cold and a warm run; their difference says how much of the op is instruction fetch.
+#ifndef TW_EXP_SMALL_TWICE
+#define TW_EXP_SMALL_TWICE 0
+#endif
+__device__ __forceinline__ bool tw_small_op(int op) {
+    return op == TW_OP_ROUTE || op == TW_OP_ATTN_MERGE || op == TW_OP_ROPE_KV || op == TW_OP_ATTN_PARTIAL ||
+           op == TW_OP_MOE_COMBINE;
+}
+
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
 __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
@@ -177,6 +187,10 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
             if (!go) return;
             c.task = desc.task;
             tw_dispatch(c, desc.op, desc.args);
+            if (TW_EXP_SMALL_TWICE && tw_small_op(desc.op)) {
+                tw_sync();
+                tw_dispatch(c, desc.op, desc.args);
+            }
             tw_sync();
             if (threadIdx.x == 0) {
                 for (int i = 0; i < desc.n_signal; ++i) tw_event_signal(counters + desc.signal[i]);

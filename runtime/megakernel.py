@@ -47,6 +47,7 @@ GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_
 SCRATCH_FLOATS = 12 * 1024   # mirrors TW_SCRATCH_FLOATS in csrc/core/context.cuh
 SMEM_BYTES = (2 * 16 + 44 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
+MAX_MERGE_V_DIM = 128   # mirrors TW_MERGE_DIMS * 32 in csrc/ops/attn_merge.cuh
 
 
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
@@ -146,6 +147,9 @@ class MegakernelRunner:
         if cfg.top_k > 8 or route_scratch_floats(cfg.num_experts) > SCRATCH_FLOATS:
             raise DeviceError(f"the megakernel's router handles top-k <= 8 and at most "
                               f"{max_route_experts()} experts (shared scratch), got {cfg.num_experts} / {cfg.top_k}")
+        if max(cfg.attn(i).v_head_dim for i in range(cfg.num_layers)) > MAX_MERGE_V_DIM:
+            raise DeviceError(f"the megakernel's attention merge handles v_head_dim <= {MAX_MERGE_V_DIM} "
+                              "(csrc/ops/attn_merge.cuh: TW_MERGE_DIMS x 32)")
         if cfg.n_group > 1:
             raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
         missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}

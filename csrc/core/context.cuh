@@ -9,6 +9,9 @@
 #include "core/rows.cuh"
 
 #define TW_SCRATCH_FLOATS (12 * 1024)
+#ifndef TW_EXP_MARK
+#define TW_EXP_MARK 0
+#endif
 #define TW_SMEM_BYTES ((32 + TW_STAGE_FLOATS + TW_SCRATCH_FLOATS) * 4)   // see runtime/megakernel.py SMEM_BYTES
 
 struct TwCtx {
@@ -28,6 +31,12 @@ struct TwCtx {
     // Thread 0, after a barrier that ends the op's prologue: the trace's body mark.
     __device__ __forceinline__ void mark_body() const {
         if (s_body && threadIdx.x == 0) *s_body = tw_globaltimer_ns();
+    }
+
+    // Timing experiment only (TW_EXP_MARK = k): phase k of an op takes the body mark, so
+    // the trace's prologue is the time from the task's start to that phase.
+    __device__ __forceinline__ void mark_phase(int k) const {
+        if (TW_EXP_MARK == k) mark_body();
     }
 
     // One thread: record an op's error for the host (core/status.cuh) and raise the abort

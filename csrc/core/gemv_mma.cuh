@@ -24,6 +24,10 @@
 #include "core/rows.cuh"
 
 #define TW_MMA_TILES 8                // accumulator tiles per warp in shared memory (the most a pass has)
+// Issue the weight stream before staging the input rows (1) or after (0).
+#ifndef TW_MMA_PRIME_FIRST
+#define TW_MMA_PRIME_FIRST 1
+#endif
 #ifndef TW_MMA_MAX_DEPTH
 #define TW_MMA_MAX_DEPTH 8
 #endif
@@ -221,6 +225,7 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
         for (int kb = st.kb0; kb < st.kb0 + st.nkb; ++kb) {
             tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
             __syncwarp();                       // and so have the other lanes'
+            if (p == 0 && kb == st.kb0) c.mark_phase(10);
             const unsigned char* slot = st.slot(st.cur);
             // B fragments of the block's two k16 steps (token 8ct + gq, k 2tq, 2tq+1, +8,
             // +9): once per block, shared by every tile.
@@ -238,7 +243,9 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
             st.next_consumed();
             tw_mma_issue<F>(g, st);
         }
+        c.mark_phase(11);
         tw_sync();
+        c.mark_phase(12);
         // Epilogue: element (tile i, lane l, e) of the gate (or plain) tiles, summed over the
         // warps in order; gated outputs combine tile i with its up tile i + np.
         const float* redf = c.s_scratch;
@@ -271,11 +278,13 @@ template <class F>
 __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
     const int x_max = TW_STAGE_FLOATS - tw_mma_min_ring_floats<F>();
     TwMmaStream st = tw_mma_stream<F>(c, g, g.n * g.k <= x_max ? g.n * g.k : 0);
-    tw_mma_prime<F>(g, st);   // the weights need none of the rows: their latency hides the staging
+    if (TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);   // the weights need none of the rows
+    c.mark_phase(9);
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max,
                                   wn_smem, F::kXScale);
+    if (!TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);
     for (int pass = TW_EXP_TWICE ? 0 : 1; pass < 2; ++pass) {   // TW_EXP_TWICE: core/gemv_desc.cuh
-        if (pass == 1) c.mark_body();
+        if (pass == 1) c.mark_phase(0);
         for (int ct = 0; 8 * ct < x.n; ++ct) {
             if (ct > 0 || pass == 1 && TW_EXP_TWICE) {
                 st.rewind();

@@ -81,7 +81,7 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
                                   TW_X_STAGE_FLOATS, wn_smem, 1.f);
     if (TW_EXP_TWICE) tw_gemv_run_core<TwBf16Core>(c, g, x);
-    c.mark_body();
+    c.mark_phase(0);
     tw_gemv_run_core<TwBf16Core>(c, g, x);
 }
 

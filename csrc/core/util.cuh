@@ -40,6 +40,11 @@ __device__ __forceinline__ float tw_bf16(const __nv_bfloat16 v) { return __bfloa
 __device__ __forceinline__ float tw_ld(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ int tw_ldi(const int* p) { return __ldcg(p); }
 
+// Two bf16 packed in a word -> two floats.
+__device__ __forceinline__ float2 tw_bf16x2(unsigned int w) {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+
 // 8 bf16 (16 bytes, read-only path) -> 8 floats.
 __device__ __forceinline__ void tw_bf16x8(const __nv_bfloat16* p, float out[8]) {
     const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
@@ -68,6 +73,13 @@ __device__ __forceinline__ float tw_warp_max(float v) {
 
 __device__ __forceinline__ int tw_warp() { return threadIdx.x >> 5; }
 __device__ __forceinline__ int tw_lane() { return threadIdx.x & 31; }
+
+// An unsigned key in the order of the float (for __reduce_max_sync): sign-flipped
+// magnitude bits, with -0 taken as +0 so that equal floats have equal keys.
+__device__ __forceinline__ unsigned int tw_order_key(float f) {
+    const unsigned int b = __float_as_uint(f == 0.f ? 0.f : f);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
 
 // Warp-wide argmax: the largest value, the lowest index among equals (as a global argmax).
 __device__ __forceinline__ void tw_warp_argmax(float& best, int& arg) {

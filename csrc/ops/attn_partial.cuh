@@ -14,6 +14,7 @@
 #pragma once
 #include "core/context.cuh"
 #include "core/prefetch.cuh"
+#include "core/cp_async.cuh"
 
 // Partials of kv head h of layer L over key positions lo..hi-1 for the t * group query rows
 // of q (row = token * group + head in group; token stride q_ld) into out (rows of 2 + v_dim
@@ -30,7 +31,9 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
         return;
     }
     const int n = hi - lo;
-    const int ks = hd + 2;   // padded K row stride (bf16 elements)
+    // K rows padded by 16 bytes: a thread per key reads its row by 16 bytes, and 8 keys'
+    // rows then start in 8 different 4-bank groups (no conflicts for hd a multiple of 8).
+    const int ks = hd + 8;
     const int v_at = (n * ks + 7) & ~7;   // V rows start 16-byte aligned
     if ((v_at + n * vd) * 2 > TW_STAGE_FLOATS * 4 || (hd & 7) || (vd & 7) || n > L.slots) {
         // The planner sizes chunks to fit (tiling.attention_chunk); refuse rather than overrun.
@@ -42,46 +45,68 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
     __nv_bfloat16* sv = sk + v_at;
     const __nv_bfloat16* kc = reinterpret_cast<const __nv_bfloat16*>(L.k) + (long long)h * L.slots * hd;
     const __nv_bfloat16* vc = reinterpret_cast<const __nv_bfloat16*>(L.v) + (long long)h * L.slots * vd;
-    // Stage K and V (L2 reads: other SMs wrote this step's keys): 16-byte loads, unrolled
-    // so several are in flight per thread; K rows land at the padded stride (4-byte stores).
+    // Stage K and V (L2 reads: other SMs wrote this step's keys) with 16-byte cp.async
+    // copies, and the first query rows with them: one round trip to L2 for all three, where
+    // loads into registers paid one per loop (their stores waited for them).
     // Key j sits in ring slot (lo + j) mod slots: one modulo per task, then a wrap test
     // (n <= slots), not a 64-bit modulo per 16-byte load.
     const int k8 = hd / 8, v8 = vd / 8, slot0 = lo % L.slots;
-#pragma unroll 4
     for (int i = threadIdx.x; i < n * k8; i += TW_THREADS) {
         const int j = i / k8, d = 8 * (i - j * k8);
         const int slot = slot0 + j < L.slots ? slot0 + j : slot0 + j - L.slots;
-        const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(kc + slot * hd + d));
-        unsigned int* dst = reinterpret_cast<unsigned int*>(sk + j * ks + d);
-        dst[0] = raw.x; dst[1] = raw.y; dst[2] = raw.z; dst[3] = raw.w;
+        tw_cp_async16(sk + j * ks + d, kc + slot * hd + d);
     }
-#pragma unroll 4
     for (int i = threadIdx.x; i < n * v8; i += TW_THREADS) {
         const int j = i / v8, d = 8 * (i - j * v8);
         const int slot = slot0 + j < L.slots ? slot0 + j : slot0 + j - L.slots;
-        *reinterpret_cast<uint4*>(sv + j * vd + d) = __ldcg(reinterpret_cast<const uint4*>(vc + slot * vd + d));
+        tw_cp_async16(sv + j * vd + d, vc + slot * vd + d);
     }
     q += h * grp * hd;
     const float scale = rsqrtf((float)hd);
     const int batch = max(1, min(rows, TW_SCRATCH_FLOATS / (hd + n)));
     float* sq = c.s_scratch;            // [batch][hd]
     float* s = c.s_scratch + batch * hd;  // [batch][n]
+    // The query rows of batch r0 (their reads go out with the staging's for the first).
+    const bool q16 = ((reinterpret_cast<unsigned long long>(q) & 15) | (q_ld & 3) | (hd & 3)) == 0;
+    auto load_q = [&](int r0, int nr) {
+        if (q16) {
+            const int hd4 = hd / 4;
+            for (int i = threadIdx.x; i < nr * hd4; i += TW_THREADS) {
+                const int r = i / hd4, d = 4 * (i - r * hd4), row = r0 + r;
+                tw_cp_async16(sq + r * hd + d, q + (row / grp) * q_ld + (row % grp) * hd + d);
+            }
+        } else {
+#pragma unroll 4
+            for (int i = threadIdx.x; i < nr * hd; i += TW_THREADS) {
+                const int r = i / hd, d = i - r * hd, row = r0 + r;
+                sq[i] = tw_ld(q + (row / grp) * q_ld + (row % grp) * hd + d);
+            }
+        }
+        tw_cp_async_commit();
+        tw_cp_async_wait<0>();   // this thread's copies have landed (the barrier after: everyone's)
+    };
+    load_q(0, min(batch, rows));
     for (int r0 = 0; r0 < rows; r0 += batch) {
         const int nr = min(batch, rows - r0);
-        tw_sync();   // staging done / previous batch finished with sq and s
-        for (int i = threadIdx.x; i < nr * hd; i += TW_THREADS) {
-            const int r = i / hd, d = i % hd, row = r0 + r;
-            sq[i] = tw_ld(q + (row / grp) * q_ld + (row % grp) * hd + d);
+        if (r0 > 0) {
+            tw_sync();   // the previous batch is done with sq and s
+            load_q(r0, nr);
         }
         tw_sync();
+        c.mark_phase(7);
         for (int i = threadIdx.x; i < nr * n; i += TW_THREADS) {
-            const int r = i / n, j = i % n, row = r0 + r;
-            const float* qr = sq + r * hd;
-            const __nv_bfloat16* kr = sk + j * ks;
+            const int r = i / n, j = i - r * n, row = r0 + r;
+            // 8 dims per step: one 16-byte K read, two broadcast float4 reads of q.
+            const float4* qr = reinterpret_cast<const float4*>(sq + r * hd);
+            const uint4* kr = reinterpret_cast<const uint4*>(sk + j * ks);
             float acc = 0.f;
-            for (int d = 0; d < hd; d += 2) {
-                const float2 kk = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kr + d));
-                acc += qr[d] * kk.x + qr[d + 1] * kk.y;
+            for (int d8 = 0; d8 < hd / 8; ++d8) {
+                const uint4 raw = kr[d8];
+                const float4 qa = qr[2 * d8], qb = qr[2 * d8 + 1];
+                const float2 k0 = tw_bf16x2(raw.x), k1 = tw_bf16x2(raw.y), k2 = tw_bf16x2(raw.z),
+                             k3 = tw_bf16x2(raw.w);
+                acc += (qa.x * k0.x + qa.y * k0.y) + (qa.z * k1.x + qa.w * k1.y) +
+                       ((qb.x * k2.x + qb.y * k2.y) + (qb.z * k3.x + qb.w * k3.y));
             }
             const int kp = lo + j, qp = causal_pos + row / grp;
             const bool vis = causal_pos < 0 || (kp <= qp && (L.window < 0 || kp >= qp - L.window));
@@ -106,12 +131,19 @@ __device__ void tw_attn_partial_rows(const TwCtx& c, const TwLayer& L, int h, in
             }
         }
         tw_sync();
-        for (int i = threadIdx.x; i < nr * vd; i += TW_THREADS) {
-            const int r = i / vd, d = i % vd;
+        // Two v dims per thread (one 4-byte read of V per key).
+        const int vd2 = vd / 2;
+        for (int i = threadIdx.x; i < nr * vd2; i += TW_THREADS) {
+            const int r = i / vd2, d = 2 * (i - r * vd2);
             const float* e = s + r * n;
-            float acc = 0.f;
-            for (int j = 0; j < n; ++j) acc += e[j] * __bfloat162float(sv[j * vd + d]);
-            out[(r0 + r) * ow + 2 + d] = acc;
+            float a0 = 0.f, a1 = 0.f;
+            for (int j = 0; j < n; ++j) {
+                const float2 v = tw_bf16x2(*reinterpret_cast<const unsigned int*>(sv + j * vd + d));
+                a0 += e[j] * v.x;
+                a1 += e[j] * v.y;
+            }
+            out[(r0 + r) * ow + 2 + d] = a0;
+            out[(r0 + r) * ow + 3 + d] = a1;
         }
     }
 }

@@ -8,7 +8,9 @@
 __device__ __forceinline__ bool tw_gemv_expert_up(const TwCtx& c, const int* a, TwGemv& g) {
     const int t = a[TW_EXPERT_UP_T], k = a[TW_EXPERT_UP_K];
     int expert, count;
+    c.mark_phase(13);
     if (!tw_slot_tokens(c, a[TW_EXPERT_UP_TABLE_OFF], a[TW_EXPERT_UP_SLOT], t, &expert, &count)) return false;
+    c.mark_phase(8);
     const TwFp4Matrix gm = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W]], expert, k);
     const TwFp4Matrix um = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
     g = TwGemv{};
