@@ -4,10 +4,11 @@
 // cut pos - window .. pos + T - 1 into chunks from its start. Keys past the current
 // length are absent; a chunk with none writes (-inf, 0, 0).
 //
-// The chunk's K and V are staged once in shared memory (bf16, K rows padded by one word so
-// a warp reading one dim of 32 keys hits 32 banks); queries go through in batches that
-// fit the scratch space: a thread per (row, key) for scores, a warp per row for the
-// softmax, a thread per (row, v dim) for the weighted sum.
+// The chunk's K and V are staged once in shared memory (bf16, K rows padded by 16 bytes so
+// 8 threads reading 16 bytes of 8 keys hit 8 different bank groups), with the first query
+// rows, in one round of cp.async; queries go through in batches that fit the scratch
+// space: a thread per (row, key) for scores, a warp per row for the softmax, a thread per
+// (row, pair of v dims) for the weighted sum.
 //
 // The body (tw_attn_partial_rows) is shared with DRAFT_ATTN, which reads a draft layer's
 // cache over its own key range with every key visible to every row.
