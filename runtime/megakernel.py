@@ -147,9 +147,6 @@ class MegakernelRunner:
         if cfg.top_k > 8 or route_scratch_floats(cfg.num_experts) > SCRATCH_FLOATS:
             raise DeviceError(f"the megakernel's router handles top-k <= 8 and at most "
                               f"{max_route_experts()} experts (shared scratch), got {cfg.num_experts} / {cfg.top_k}")
-        if max(cfg.attn(i).v_head_dim for i in range(cfg.num_layers)) > MAX_MERGE_V_DIM:
-            raise DeviceError(f"the megakernel's attention merge handles v_head_dim <= {MAX_MERGE_V_DIM} "
-                              "(csrc/ops/attn_merge.cuh: TW_MERGE_DIMS x 32)")
         if cfg.n_group > 1:
             raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
         missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
@@ -214,7 +211,11 @@ class MegakernelRunner:
                            w.detail.get("cols", w.detail.get("size", a.shape[-1])), w.detail.get("experts", 0),
                            WEIGHT_KINDS[w.kind])
         self.weight_ptrs = up(wt.view(np.uint8))
-        self.layers = up(self._layer_rows(cfg, cache).view(np.uint8))
+        layers = self._layer_rows(cfg, cache)   # the target's layers, and a drafter's
+        if layers["v_dim"].max() > MAX_MERGE_V_DIM:
+            raise DeviceError(f"the megakernel's attention merge handles v_head_dim <= {MAX_MERGE_V_DIM}, got "
+                              f"{int(layers['v_dim'].max())} (csrc/ops/attn_merge.cuh: TW_MERGE_DIMS x 32)")
+        self.layers = up(layers.view(np.uint8))
         self.wait_bound_ns = int(wait_bound_s * 1e9)
         self.steps_done = 0
         self._state = program.buffer("state").offset

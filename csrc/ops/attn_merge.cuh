@@ -3,7 +3,9 @@
 //
 // A warp per row and no CTA barrier: the lanes read every chunk's (max, sum) and, in the
 // same round trip to L2, the values of the first TW_MERGE_CHUNKS chunks (lane l: v dims
-// l, l + 32, ...), then weigh them; later chunks follow TW_MERGE_CHUNKS at a time. Each
+// l, l + 32, ...), then weigh them; later chunks follow TW_MERGE_CHUNKS at a time. The
+// (max, sum) pairs wait in shared memory (the stage: this op stages nothing) until the
+// row's max is known. Each
 // round trip costs ~1 us while the step's weights stream (perf-notes v11): the first
 // version read a row's values one chunk after another (5.4 us for a sliding-window
 // layer's 4 chunks at T = 1), the second in two barrier-separated passes (6.1 us).
@@ -36,9 +38,10 @@ __device__ void tw_op_attn_merge(const TwCtx& c, const int* a) {
     float* out = c.arena + a[TW_ATTN_MERGE_OUT_OFF];
     const int out_ld = a[TW_ATTN_MERGE_OUT_LD];
     const int w = tw_warp(), lane = tw_lane();
-    // Per warp: the chunk weights exp(m - max) of its current row.
-    float* wts = c.s_scratch + w * (TW_SCRATCH_FLOATS / TW_WARPS);
-    if (nc > TW_SCRATCH_FLOATS / TW_WARPS || vd > 32 * TW_MERGE_DIMS) {   // ~1100 chunks: past any planned context
+    // Per warp, for its current row: each chunk's max, then its weight exp(m - max); its sum.
+    float* wts = c.s_stage + w * (TW_STAGE_FLOATS / TW_WARPS);
+    float* sums = wts + nc;
+    if (2 * nc > TW_STAGE_FLOATS / TW_WARPS || vd > 32 * TW_MERGE_DIMS) {   // ~2000 chunks: past any planned context
         if (threadIdx.x == 0) c.fail(TW_STATUS_BAD_DESCRIPTOR, TW_OP_ATTN_MERGE, (unsigned long long)nc, vd);
         return;
     }
@@ -49,6 +52,7 @@ __device__ void tw_op_attn_merge(const TwCtx& c, const int* a) {
         float big = -INFINITY;
         for (int ch = lane; ch < nc; ch += 32) {
             const float m = tw_ld(pr + ch * cs);
+            sums[ch] = tw_ld(pr + ch * cs + 1);
             wts[ch] = m;
             big = fmaxf(big, m);
         }
@@ -60,7 +64,7 @@ __device__ void tw_op_attn_merge(const TwCtx& c, const int* a) {
             const float m = wts[ch];
             const float e = m != -INFINITY ? expf(m - big) : 0.f;
             wts[ch] = e;
-            denom += tw_ld(pr + ch * cs + 1) * e;
+            denom += sums[ch] * e;
         }
         denom = tw_warp_sum(denom) + (sink ? expf(sk - big) : 0.f);
         __syncwarp();   // every chunk's weight is in shared memory

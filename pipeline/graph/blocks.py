@@ -185,9 +185,9 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
 
     x_next = g.buffer(f"L{layer + 1}.x", t, hid)
     # Combine tiles: each down tile's columns cut again, to COMBINE_TASKS in all (none
-    # narrower than COMBINE_MIN_COLS). A combine
-    # moves almost no bytes, so its stage costs its slowest task's latency: few wide tasks
-    # (3 at T = 8 with the down tiles' columns) took ~16 us each.
+    # narrower than COMBINE_MIN_COLS). A combine moves almost no bytes, so its stage costs
+    # its slowest task's latency: few wide tasks (3 at T = 8 with the down tiles'
+    # columns) took ~16 us each.
     per_down = max(1, COMBINE_TASKS // len(down_tiles))
     combine_tiles = [(n0 + a, n0 + b) for n0, n1 in down_tiles
                      for a, b in pol.split(n1 - n0, min(per_down, max(1, (n1 - n0) // COMBINE_MIN_COLS)))]

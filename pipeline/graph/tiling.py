@@ -17,13 +17,13 @@ class TilePolicy:
     max_tiles: int = 4096
     swa_min_chunk: int = 32          # fewest keys per sliding-window attention chunk
 
-    def tiles_for(self, total_bytes: float, rows: int, share: float = 1.0) -> int:
-        """How many tiles to cut `rows` into. `share` is the fraction of the workers this
-        stage should occupy (e.g. 1/slots for one expert of a MoE layer)."""
+    def tiles_for(self, total_bytes: float, rows: int) -> int:
+        """How many tiles to cut `rows` into: one per worker, none below `min_task_bytes`.
+        (Expert slots, several row ranges of one stage, are cut by `tiles_per_group`.)"""
         # The per-worker share rounds up: rounded down, it cut one tile too many whenever
         # the bytes do not divide by the workers (the T = 1 LM head had 133 tiles on 132
         # workers, and one worker ran a second, 70 us task: perf-notes v11).
-        per_worker = math.ceil(total_bytes / max(1.0, self.workers * share))
+        per_worker = math.ceil(total_bytes / self.workers)
         n = ceil_div(int(total_bytes), max(per_worker, self.min_task_bytes))
         n = max(1, min(n, self.max_tiles, ceil_div(rows, self.row_align)))
         return n
@@ -31,10 +31,10 @@ class TilePolicy:
     def tiles_per_group(self, rows: int, groups: int, align: int, row_bytes: float) -> int:
         """Tiles to cut each of `groups` equal row ranges into (a MoE layer's expert slots):
         the count that gives the busiest worker the least work, a task's work being its
-        bytes plus `min_task_bytes` of fixed cost, and no task below `min_task_bytes`. Why whole waves: the tasks of a stage
-        past the first `workers` wait for a second round, so 192 tasks on 132 workers cost
-        two task times where 128 larger ones cost one (the T = 8 expert stages,
-        docs/perf-notes.md v10)."""
+        bytes plus `min_task_bytes` of fixed cost, and no task below `min_task_bytes`.
+        Why whole waves: the tasks of a stage past the first `workers` wait for a second
+        round, so 192 tasks on 132 workers cost two task times where 128 larger ones cost
+        one (the T = 8 expert stages, docs/perf-notes.md v10)."""
         units = ceil_div(rows, align)
         best_load, best_n = None, 1
         for n in range(1, units + 1):
