@@ -56,8 +56,23 @@ def route_scratch_floats(experts: int, tokens: int = 16) -> int:
     return 2 * 16 * 8 + 2 * experts + tokens * experts + 32
 
 
+#: Mirrors TW_ROUTE_MAX_EXPERTS in csrc/ops/route.cuh: the choice holds 12 candidates per
+#: lane in registers (more spilled the T = 8 / 16 builds).
+ROUTE_REGISTER_EXPERTS = 384
+
+
 def max_route_experts() -> int:
-    return (SCRATCH_FLOATS - route_scratch_floats(0)) // (route_scratch_floats(1) - route_scratch_floats(0))
+    scratch = (SCRATCH_FLOATS - route_scratch_floats(0)) // (route_scratch_floats(1) - route_scratch_floats(0))
+    return min(scratch, ROUTE_REGISTER_EXPERTS)
+
+
+def check_router(cfg: ModelConfig) -> None:
+    """Refuse a router the megakernel's ROUTE cannot run, before anything is uploaded."""
+    if cfg.top_k > 8 or cfg.num_experts > max_route_experts():
+        raise DeviceError(f"the megakernel's router handles top-k <= 8 and at most {max_route_experts()} experts "
+                          f"(registers and shared scratch), got {cfg.num_experts} experts / top-{cfg.top_k}")
+    if cfg.n_group > 1:
+        raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
 
 
 def _cu():
@@ -144,11 +159,7 @@ class MegakernelRunner:
             raise GraphError("program, weights and KV cache do not belong together")
         if cache.k[0].device.type != "cuda":
             raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
-        if cfg.top_k > 8 or route_scratch_floats(cfg.num_experts) > SCRATCH_FLOATS:
-            raise DeviceError(f"the megakernel's router handles top-k <= 8 and at most "
-                              f"{max_route_experts()} experts (shared scratch), got {cfg.num_experts} / {cfg.top_k}")
-        if cfg.n_group > 1:
-            raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
+        check_router(cfg)
         missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
         if missing:
             raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")

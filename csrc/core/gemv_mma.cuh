@@ -24,6 +24,13 @@
 #include "core/rows.cuh"
 
 #define TW_MMA_TILES 8                // accumulator tiles per warp in shared memory (the most a pass has)
+// Up to this many tokens, the hi and lo halves of a token's input share one mma as two of
+// its 8 columns (hi in column 2t, lo in 2t + 1): half the mmas, one accumulator chain per
+// tile. 0 switches it off (the A/B baseline); at most 4 (8 columns).
+#ifndef TW_MMA_PACK_T
+#define TW_MMA_PACK_T 4
+#endif
+static_assert(TW_MMA_PACK_T >= 0 && TW_MMA_PACK_T <= 4, "a packed mma holds hi and lo columns of up to 4 tokens");
 // Issue the weight stream before staging the input rows (1) or after (0).
 #ifndef TW_MMA_PRIME_FIRST
 #define TW_MMA_PRIME_FIRST 1
@@ -211,10 +218,41 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
     }
 }
 
+// Tiles i and i + 1 of one 32-k block with packed columns (TW_MMA_PACK_T): b holds token
+// t's hi half in column 2t and its lo half in 2t + 1, so one chain of two mmas (k16 steps
+// 0, 1) per tile gives c0 + c1 = row gq and c2 + c3 = row gq + 8, both for token tq.
+// Stored in the accumulator's x (row gq) and z (row gq + 8); y and w stay zero.
+template <class F>
+__device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slot, int scale_at, int i,
+                                                        const unsigned int (&b)[2][2], float4* acc) {
+    const int gq = tw_lane() >> 2;
+    float c[2][4];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[t][e] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            unsigned int a[4];
+            F::fragment(slot + (i + t) * F::kTileBytes, s, a);
+            F::mma(c[t], a, b[s][0], b[s][1]);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+        const float2 f = F::row_factors(slot + scale_at + (i + t) * F::kScaleBytes, gq);
+        float4 a = acc[(i + t) * 32];
+        a.x += (c[t][0] + c[t][1]) * f.x;
+        a.z += (c[t][2] + c[t][3]) * f.y;
+        acc[(i + t) * 32] = a;
+    }
+}
+
 // Rows n0:n1 (multiples of 16) of W (and of W2 when gated) for the tokens of column tile
 // ct (tokens 8ct .. 8ct + 7), consuming the warp's stream from item 0 (primed). Epilogue
-// as TwGemv's: gated silu(gate) * up, scatter by s_tok, residual.
-template <class F>
+// as TwGemv's: gated silu(gate) * up, scatter by s_tok, residual. Packed: the task's
+// x.n <= TW_MMA_PACK_T tokens in hi / lo column pairs of tile 0 (tw_mma_tile_pair_packed).
+template <class F, bool Packed>
 __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, TwMmaStream& st) {
     const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
     float4* red = reinterpret_cast<float4*>(c.s_scratch);   // [TW_WARPS][TW_MMA_TILES][32 lanes]
@@ -229,16 +267,27 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
             const unsigned char* slot = st.slot(st.cur);
             // B fragments of the block's two k16 steps (token 8ct + gq, k 2tq, 2tq+1, +8,
             // +9): once per block, shared by every tile.
+            // Packed: column gq is token gq / 2's hi (even gq) or lo (odd gq) half.
             unsigned int bh[2][2], bl[2][2];
+            const int tok = Packed ? gq >> 1 : 8 * ct + gq;
+            const bool on = tok < x.n;
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
-                const int k0 = 32 * kb + 16 * s + 2 * tq, tok = 8 * ct + gq;
-                const bool on = tok < x.n;
+                const int k0 = 32 * kb + 16 * s + 2 * tq;
                 F::split(on ? x.at(tok, k0) : 0.f, on ? x.at(tok, k0 + 1) : 0.f, bh[s][0], bl[s][0]);
                 F::split(on ? x.at(tok, k0 + 8) : 0.f, on ? x.at(tok, k0 + 9) : 0.f, bh[s][1], bl[s][1]);
+                if (Packed && (gq & 1)) {
+                    bh[s][0] = bl[s][0];
+                    bh[s][1] = bl[s][1];
+                }
             }
+            if (Packed) {
+#pragma unroll 1
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
+            } else {
 #pragma unroll 1   // two pairs per trip measured 2% slower (more code, no more overlap)
-            for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
+            }
             __syncwarp();          // every lane has read the slot: refill it, depth items ahead
             st.next_consumed();
             tw_mma_issue<F>(g, st);
@@ -250,10 +299,25 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
         // warps in order; gated outputs combine tile i with its up tile i + np.
         const float* redf = c.s_scratch;
         const int n0 = g.n0 + 16 * p * st.per_pass;
-        for (int idx = threadIdx.x; idx < np * 128; idx += TW_THREADS) {
-            const int i = idx >> 7, l = (idx >> 2) & 31, e = idx & 3;
-            const int tok = 8 * ct + 2 * (l & 3) + (e & 1), row = n0 + 16 * i + (l >> 2) + (e >= 2 ? 8 : 0);
-            if (tok >= x.n) continue;
+        // Packed: only (tile, token, row) items exist (x.n <= 4 tokens in lanes tq < x.n,
+        // rows in x and z), so a thread takes one of those instead of 4 x 4 slots of a lane.
+        const int items = Packed ? np * x.n * 16 : np * 128;
+        for (int idx = threadIdx.x; idx < items; idx += TW_THREADS) {
+            int i, l, e, tok;
+            if (Packed) {
+                const int r16 = idx & 15, q = idx >> 4;
+                tok = q % x.n;
+                i = q / x.n;
+                l = 4 * (r16 & 7) + tok;
+                e = r16 & 8 ? 2 : 0;
+            } else {
+                i = idx >> 7;
+                l = (idx >> 2) & 31;
+                e = idx & 3;
+                tok = 8 * ct + 2 * (l & 3) + (e & 1);
+                if (tok >= x.n) continue;
+            }
+            const int row = n0 + 16 * i + (l >> 2) + (e >= 2 ? 8 : 0);
             float v = 0.f, u = 0.f;
             for (int ww = 0; ww < TW_WARPS; ++ww) {
                 v += redf[((ww * TW_MMA_TILES + i) * 32 + l) * 4 + e];
@@ -290,7 +354,10 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
                 st.rewind();
                 tw_mma_prime<F>(g, st);
             }
-            tw_gemv_mma_cols<F>(c, g, x, ct, st);
+            if (TW_MAX_T <= TW_MMA_PACK_T || x.n <= TW_MMA_PACK_T)   // a decode build has the packed walk only
+                tw_gemv_mma_cols<F, true>(c, g, x, ct, st);
+            else
+                tw_gemv_mma_cols<F, false>(c, g, x, ct, st);
         }
     }
     tw_cp_async_wait<0>();   // only empty groups remain; nothing in flight before the stage is reused

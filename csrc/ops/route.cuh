@@ -7,6 +7,51 @@
 #pragma once
 #include "core/context.cuh"
 
+// Experts a warp's lanes hold in registers for the choice: 12 per lane. More per lane
+// spilled the T = 8 / 16 builds; the runtime refuses a model with more (runtime/megakernel.py).
+#define TW_ROUTE_MAX_EXPERTS 384
+
+// One token's top-k choice, in a warp: the lane's candidates (experts lane + 32 i, i < PER)
+// are read once into registers as order keys (0: taken or past e), then each of the k rounds
+// is PER register compares and two warp reductions (the largest key, then the lowest id
+// holding it). Returns choice `lane` in lanes < k; `nan`: some candidate was NaN (warp-uniform).
+template <int PER>
+__device__ __forceinline__ int tw_route_choose(const float* score_row, const float* biasf, int e, int k, bool& nan) {
+    const int lane = tw_lane();
+    unsigned int key[PER];
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int x = lane + 32 * i;
+        const float ch = x < e ? score_row[x] + biasf[x] : 0.f;
+        bad |= ch != ch;
+        key[i] = x < e ? tw_order_key(ch) : 0u;
+    }
+    nan = __any_sync(0xffffffffu, bad);
+    int mine = 0;
+    for (int j = 0; j < k; ++j) {
+        unsigned int best = 0u;
+        int arg = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < PER; ++i)
+            if (key[i] > best) {   // strictly: the lowest of the lane's ids among equals
+                best = key[i];
+                arg = lane + 32 * i;
+            }
+        const unsigned int top = __reduce_max_sync(0xffffffffu, best);
+        arg = (int)__reduce_min_sync(0xffffffffu, best == top ? (unsigned int)arg : 0x7fffffffu);
+        if (nan || arg >= e) {
+            arg = j;   // keeps every index in range while the kernel stops (NaN) or k > e
+        } else {
+#pragma unroll
+            for (int i = 0; i < PER; ++i)
+                if (arg == lane + 32 * i) key[i] = 0u;
+        }
+        if (lane == j) mine = arg;
+    }
+    return mine;
+}
+
 __device__ void tw_op_route(const TwCtx& c, const int* a) {
     const int t = a[TW_ROUTE_T], e = c.p->num_experts, k = c.p->top_k;
     const int slots = min(t * k, e);
@@ -31,38 +76,17 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
     const int w = tw_warp(), lane = tw_lane();
     const bool norm = c.p->norm_topk_prob;
     const float scaling = c.p->routed_scaling;
-    // A warp per token. Each round takes the best unchosen expert in two warp reductions
-    // (the largest order key, then the lowest id holding it) where a shuffle argmax took
-    // ten dependent shuffles; choice j ends in lane j, whose weight is then divided in
-    // parallel (one lane divided all k in turn). ROUTE 8.6 -> 7.5 us at T = 1; ranking
-    // every expert against all others, a thread each, measured slower (12 us; perf-notes v11).
+    // A warp per token (tw_route_choose); choice j ends in lane j, whose weight is then
+    // divided in parallel. ROUTE 8.6 -> 7.5 us at T = 1 with two warp reductions per round
+    // (a shuffle argmax took ten dependent shuffles), 6.5 -> 5.5 us on an H200 with the
+    // candidates in registers (re-read from shared memory every round before); ranking every
+    // expert against all others, a thread each, measured slower (12 us; perf-notes v11, v12).
     for (int r = w; r < t; r += TW_WARPS) {
-        unsigned int taken = 0;   // bit i: expert lane + 32 * i already chosen (E <= 1024)
-        int mine = 0;             // lane j < k: choice j
-        bool nan = false;
-        for (int j = 0; j < k; ++j) {
-            float best = -INFINITY;
-            int arg = 0x7fffffff;
-            for (int x = lane; x < e; x += 32) {
-                if ((taken >> (x >> 5)) & 1u) continue;
-                const float ch = score[r * e + x] + biasf[x];   // shared memory only: k passes
-                nan |= ch != ch;
-                if (ch > best || (ch == best && x < arg)) { best = ch; arg = x; }
-            }
-            const unsigned int key = arg == 0x7fffffff ? 0u : tw_order_key(best);
-            const unsigned int top = __reduce_max_sync(0xffffffffu, key);
-            arg = (int)__reduce_min_sync(0xffffffffu, key == top ? (unsigned int)arg : 0x7fffffffu);
-            // A NaN score (the layer's input or router weights hold NaN or inf) has no place
-            // in the order: refuse, and keep every index in range while the kernel stops.
-            // Round 0 sees every expert, so it sees any NaN.
-            if (j == 0 && __any_sync(0xffffffffu, nan)) {
-                if (lane == 0) c.fail(TW_STATUS_NONFINITE, TW_OP_ROUTE, (unsigned long long)r, 0ull);
-                nan = true;
-            }
-            if (nan || arg >= e) arg = j;
-            if ((arg & 31) == lane) taken |= 1u << (arg >> 5);
-            if (lane == j) mine = arg;
-        }
+        bool nan;
+        const float* row = score + r * e;
+        const int mine = e <= 128   ? tw_route_choose<4>(row, biasf, e, k, nan)
+                                    : tw_route_choose<TW_ROUTE_MAX_EXPERTS / 32>(row, biasf, e, k, nan);
+        if (nan && lane == 0) c.fail(TW_STATUS_NONFINITE, TW_OP_ROUTE, (unsigned long long)r, 0ull);
         const float sc = lane < k ? score[r * e + mine] : 0.f;
         const float sum = tw_warp_sum(sc);
         if (lane < k) {
