@@ -139,7 +139,7 @@ def show(target_dir: str | Path, drafter_dir: str | Path, texts: list[str], max_
                             DraftModel(dweights.cfg, dweights, weights, capacity=cap, device=device),
                             SamplingParams(max_tokens=max_tokens, stop_tokens=(tokenizer.eot_id(tok),)))
         steps = [tok.decode(s) for s in dec.generate(ids)]
-        print(f"--- prompt ---\n{text}--- DFlash (| = step boundary) ---\n{'|'.join(steps)}\n---")
+        print(f"--- prompt, then the DFlash continuation (| = step boundary) ---\n{text}|{'|'.join(steps)}\n---")
 
 
 if __name__ == "__main__":
