@@ -15,7 +15,9 @@ indentation (``:\n        return`` is ``:``, ``\n␣␣␣␣␣␣␣``, ``␣r
 in it told the target that the function was over: it closed it and began another one.
 Ending on the last character of code lets the target pick the newline-and-indent token
 itself (measured on the shipped pair: held-out acceptance 3.74 -> 4.11 tokens per step, and
-the continuation stays in the function; ``examples/train/README.md``). Both are dedented by the ``def``'s indentation, so methods read like
+the continuation stays in the function; ``examples/train/README.md``).
+
+Prompt and reference are dedented by the ``def``'s indentation, so methods read like
 top-level functions. Functions and methods of modules and classes are taken; functions
 nested in functions are not (their prompts would cut an outer body). Order is by file,
 then line: deterministic.

@@ -311,23 +311,24 @@ def test_function_prompts():
     assert p.reference == "    w = z - 1\n    v = w\n    return v\n"
 
 
-
 def test_a_prompt_ends_on_code_so_the_target_picks_the_newline_and_indent_token():
     # The BPE merges a newline with the next line's indentation; a prompt ending in a lone
     # newline token would read as "the function is over" (examples/train/prompts.py).
     body = "def g(a):\n    if a:\n        return a\n    b = a + 1\n    return b\n"
     tok = tokenizer.train_tokenizer([body * 40], 300)
-    [p] = prompts.function_prompts([data.SourceFile("m.py", "m", body * 2)], body_lines=1, min_rest_lines=2)[:1]
+    p = prompts.function_prompts([data.SourceFile("m.py", "m", body * 2)], body_lines=1, min_rest_lines=2)[0]
     assert p.prompt == "def g(a):\n    if a:"
-    ids = tok.encode(p.prompt + "\n" + p.reference).ids
-    assert tok.encode(p.prompt).ids == ids[:len(tok.encode(p.prompt).ids)]   # a token boundary in the text
-    assert "\n" not in tok.decode(tok.encode(p.prompt).ids[-1:])
+    prompt_ids = tok.encode(p.prompt).ids
+    full_ids = tok.encode(p.prompt + "\n" + p.reference).ids
+    assert full_ids[:len(prompt_ids)] == prompt_ids   # the prompt ends on a token boundary of the text
+    assert "\n" not in tok.decode(prompt_ids[-1:])
 
 
 def test_prompts_saved_with_a_final_newline_load_without_it(tmp_path):
     old = prompts.FunctionPrompt("m", "m.py", "f", 1, "def f():\n    x = 1\n", "    return x\n")
     prompts.save_prompts([old], tmp_path / "p.json")
     assert prompts.load_prompts(tmp_path / "p.json")[0].prompt == "def f():\n    x = 1"
+
 
 def test_tokenizer_round_trip():
     texts = ["def f(x):\n\treturn x  # \u00e9t\u00e9\n" * 20, "class A:\n    pass\n" * 20]
