@@ -13,6 +13,7 @@ import torch
 
 from tilewarp.pipeline.config import ModelConfig, step_bytes
 from tilewarp.pipeline.graph.step import build_step
+from tilewarp.pipeline.graph.tiling import TilePolicy
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.random_model import random_weights
@@ -48,9 +49,11 @@ class DecodeBench:
             weights = random_weights(cfg, 0)
             print(f"random weights: {time.time() - t0:.1f} s")
         self.weights = weights
-        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        self.cfg, self.tokens, self.context = cfg, tokens, context
+        self.sms = torch.cuda.get_device_properties(0).multi_processor_count
         self.graph = build_step(cfg, tokens, kind="decode" if tokens == 1 else "verify", capacity=context)
-        self.prog = lower(schedule(self.graph, DeviceModel(workers=sms)))
+        self.prog = lower(schedule(self.graph, DeviceModel(workers=self.sms)))
+        self._plans: dict[TilePolicy | None, tuple] = {None: (self.graph, self.prog)}
         self.ref = ReferenceModel(self.weights, capacity=context, device="cuda")
         # Random cache contents, length set (prefill cost is not measured here).
         for k, v in zip(self.ref.cache.k, self.ref.cache.v):
@@ -58,6 +61,15 @@ class DecodeBench:
             v.normal_(0, 1)
         self.start = context - room
         self.ref.cache.length = self.start
+
+    def plan(self, policy: TilePolicy | None) -> None:
+        """Re-plan the step with another tile policy (graph-level A/Bs: tools/ab_defines.py);
+        None: the default policy."""
+        if policy not in self._plans:
+            graph = build_step(self.cfg, self.tokens, kind="decode" if self.tokens == 1 else "verify",
+                               capacity=self.context, policy=policy)
+            self._plans[policy] = graph, lower(schedule(graph, DeviceModel(workers=self.sms)))
+        self.graph, self.prog = self._plans[policy]
 
     def runner(self, trace_cap: int = 0) -> MegakernelRunner:
         """A runner on the shared weights and cache (the cache rewound to its start length)."""

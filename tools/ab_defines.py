@@ -4,7 +4,8 @@ ms per token and, from one traced step, the chosen ops' mean task time and prolo
     tools/gpu_py.sh tools/ab_defines.py --variants "base=;depth2=TW_MMA_MAX_DEPTH=2" --ops EXPERT_UP,LINEAR
 
 Each variant is a name and a TILEWARP_DEFINES string (runtime/megakernel.py
-`extra_defines`). Why one process: the random weights take ~40 s to make, a variant's
+`extra_defines`), optionally followed by `@field=value,...`: TilePolicy fields the step is
+planned with (graph-level changes, e.g. "route=@route_in_up=0"; `default_policy` otherwise). Why one process: the random weights take ~40 s to make, a variant's
 build ~2 s and its timing ~1 s, so a device call can compare a dozen variants on the same
 weights, cache and program, interleaved so that clock drift hits every variant alike.
 """
@@ -12,24 +13,40 @@ weights, cache and program, interleaved so that clock drift hits every variant a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 
 from examples.bench_megakernel import DecodeBench, one_step, time_decode
 from tilewarp.pipeline.errors import TilewarpError
+from tilewarp.pipeline.graph.tiling import TilePolicy, default_policy
 from tilewarp.pipeline.presets import preset
 from tilewarp.runtime.trace import op_summary
 
 
 def parse_variants(text: str) -> list[tuple[str, str]]:
-    """"name=DEFINES;name=DEFINES" -> [(name, defines)] (DEFINES may be empty)."""
+    """"name=DEFINES;name=DEFINES@policy" -> [(name, defines and policy)] (either may be empty)."""
     out = []
     for item in filter(None, (t.strip() for t in text.split(";"))):
         name, sep, defines = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"--variants: {item!r} is not name=DEFINES")
+            raise SystemExit(f"--variants: {item!r} is not name=DEFINES[@POLICY]")
         out.append((name, defines))
     return out
+
+
+def variant_policy(spec: str, tokens: int) -> tuple[str, TilePolicy | None]:
+    """"DEFINES@field=value,..." -> (DEFINES, the default policy with those fields, or None)."""
+    defines, _, fields = spec.partition("@")
+    if not fields:
+        return defines, None
+    changes = {}
+    for item in fields.split(","):
+        key, _, value = item.partition("=")
+        if key not in TilePolicy.__dataclass_fields__:
+            raise SystemExit(f"--variants: {key!r} is not a TilePolicy field")
+        changes[key] = type(getattr(TilePolicy(), key))(int(value))
+    return defines, dataclasses.replace(default_policy(tokens), **changes)
 
 
 def main() -> None:
@@ -51,9 +68,11 @@ def main() -> None:
     per_op: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for rnd in range(args.rounds):
-        for name, defines in variants:
+        for name, spec in variants:
+            defines, policy = variant_policy(spec, args.tokens)
             os.environ["TILEWARP_DEFINES"] = defines
             try:
+                bench.plan(policy)
                 runner = bench.runner(trace_cap=256)
                 ms[name] += time_decode(runner, args.steps, args.repeats)
                 if rnd == 0:
