@@ -53,7 +53,7 @@ MAX_MERGE_V_DIM = 128   # mirrors TW_MERGE_DIMS * 32 in csrc/ops/attn_merge.cuh
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
     """Shared scratch ROUTE needs (csrc/ops/route.cuh): chosen ids and weights, used flags,
     the bias, the scores of every token and the used-expert ballots. (The one-token
-    routing inside EXPERT_UP needs less: scores, bias and a 1 + 4k word table.)"""
+    routing inside EXPERT_UP needs less: scores, bias and a 1 + 5k word table.)"""
     return 2 * 16 * 8 + 2 * experts + tokens * experts + 32
 
 

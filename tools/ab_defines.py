@@ -21,7 +21,7 @@ from examples.bench_megakernel import DecodeBench, one_step, time_decode
 from tilewarp.pipeline.errors import TilewarpError
 from tilewarp.pipeline.graph.tiling import TilePolicy, default_policy
 from tilewarp.pipeline.presets import preset
-from tilewarp.runtime.trace import op_summary
+from tilewarp.runtime.trace import op_summary, stage_floor_summary
 
 
 def parse_variants(text: str) -> list[tuple[str, str]]:
@@ -66,6 +66,7 @@ def main() -> None:
                         tokens=args.tokens)
     ms: dict[str, list[float]] = {name: [] for name, _ in variants}
     per_op: dict[str, dict] = {}
+    walls: dict[str, dict] = {}   # variant -> op -> summed stage wall time of the traced step
     failed: dict[str, str] = {}
     for rnd in range(args.rounds):
         for name, spec in variants:
@@ -78,7 +79,11 @@ def main() -> None:
                 if rnd == 0:
                     runner.tracing = True
                     one_step(runner)
-                    per_op[name] = op_summary(runner.trace_records(), bench.prog)
+                    recs = runner.trace_records()
+                    per_op[name] = op_summary(recs, bench.prog)
+                    walls[name] = stage_floor_summary(recs, bench.prog, [t.cost.bytes for t in bench.graph.tasks], 1.0)
+                    span = (max(r.done for r in recs) - min(r.fetched for r in recs)) / 1e3
+                    walls[name]["(traced step)"] = {"wall_us": span}
             except TilewarpError as e:   # a variant that breaks the kernel is a result too
                 failed[name] = str(e)
             print(f"round {rnd} {name}: {ms[name][-1] if ms[name] else float('nan'):.3f} ms/step", flush=True)
@@ -96,6 +101,14 @@ def main() -> None:
             st = per_op[name].get(o)
             cols += (f" {st['mean_us']:14.2f} {st['prologue_us'] / st['count']:9.2f}" if st else f" {'-':>14s} {'-':>9s}")
         print(f"{name:12s} {m:9.3f} {m / base:7.3f}x{cols}   [{defines}]")
+    # Where a step's time goes: per op, the wall time of its stages (first start to last
+    # finish) summed over the traced step; the rows are the baseline's heaviest ops.
+    names = [n for n, _ in variants if n in walls]
+    if names:
+        rows = sorted(walls[names[0]], key=lambda o: -walls[names[0]][o]["wall_us"])
+        print("stage walls (us, one traced step): " + " ".join(f"{n:>10s}" for n in names))
+        for o in rows:
+            print(f"  {o:31s} " + " ".join(f"{walls[n].get(o, {}).get('wall_us', 0.0):10.1f}" for n in names))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ __device__ bool tw_expert_up_route(const TwCtx& c, const int* a, int* expert, in
     tw_sync();
     if (slot == 0 && a[TW_EXPERT_UP_N0] == 0) {
         int* out = c.arena_i + a[TW_EXPERT_UP_TABLE_OFF];
-        for (int i = threadIdx.x; i < 1 + 4 * c.p->top_k; i += TW_THREADS) out[i] = tab[i];
+        for (int i = threadIdx.x; i < 1 + 5 * c.p->top_k; i += TW_THREADS) out[i] = tab[i];   // all 1 + 5k words
     }
     return tw_slot_tokens(c, TwSharedTable{tab}, slot, 1, expert, count);
 }
