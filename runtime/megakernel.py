@@ -25,7 +25,7 @@ import torch
 
 from tilewarp.pipeline.config import ModelConfig
 from tilewarp.pipeline.errors import DeviceError, DeviceTimeoutError, GraphError, InputError, nonfinite_message
-from tilewarp.pipeline.graph.ops import STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, OPS, Op
+from tilewarp.pipeline.graph.ops import STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
 from tilewarp.pipeline.graph.step import build_decode_step
 from tilewarp.pipeline.kv_cache import KVCache
 from tilewarp.pipeline.lower import Program, lower
@@ -52,8 +52,7 @@ MAX_MERGE_V_DIM = 128   # mirrors TW_MERGE_DIMS * 32 in csrc/ops/attn_merge.cuh
 
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
     """Shared scratch ROUTE needs (csrc/ops/route.cuh): chosen ids and weights, used flags,
-    the bias, the scores of every token and the used-expert ballots. (The one-token
-    routing inside EXPERT_UP needs less: scores, bias and a 1 + 5k word table.)"""
+    the bias, the scores of every token and the used-expert ballots."""
     return 2 * 16 * 8 + 2 * experts + tokens * experts + 32
 
 
@@ -74,17 +73,6 @@ def check_router(cfg: ModelConfig) -> None:
                           f"(registers and shared scratch), got {cfg.num_experts} experts / top-{cfg.top_k}")
     if cfg.n_group > 1:
         raise DeviceError("group-limited routing (n_group > 1) is not implemented in the megakernel")
-
-
-def check_routing(program: Program) -> None:
-    """Refuse a program whose EXPERT_UP tasks route for themselves in steps of more than one
-    token: only the T = 1 build compiles that routing (csrc/ops/expert_up.cuh), and any
-    other would read a slot table nobody wrote."""
-    up = np.flatnonzero(program.desc["op"] == Op.EXPERT_UP)
-    routed = up[program.desc["args"][up, OPS[Op.EXPERT_UP].index("logits_off")] >= 0]
-    if len(routed) and program.tokens != 1:
-        raise GraphError(f"{program.describe(int(routed[0]))}: EXPERT_UP routes for itself in a step of "
-                         f"{program.tokens} tokens; only one-token steps can (TilePolicy.routes_in_up)")
 
 
 def _cu():
@@ -172,7 +160,6 @@ class MegakernelRunner:
         if cache.k[0].device.type != "cuda":
             raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
         check_router(cfg)
-        check_routing(program)
         missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
         if missing:
             raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")
@@ -308,7 +295,7 @@ class MegakernelRunner:
             raise DeviceTimeoutError(f"{msg}: event {int(st['event'])} reached {int(st['seen'])} of "
                                      f"{int(st['needed'])} within {self.wait_bound_ns / 1e9:.2f} s")
         if code == 4:
-            what = "router scores" if int(st["op"]) in (Op.ROUTE, Op.EXPERT_UP) else "logits"
+            what = "router scores" if int(st["op"]) == Op.ROUTE else "logits"
             raise DeviceError(f"{msg}: {nonfinite_message(what, int(st['seen']))}")
         raise DeviceError(msg)
 

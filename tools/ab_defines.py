@@ -5,7 +5,7 @@ ms per token and, from one traced step, the chosen ops' mean task time and prolo
 
 Each variant is a name and a TILEWARP_DEFINES string (runtime/megakernel.py
 `extra_defines`), optionally followed by `@field=value,...`: TilePolicy fields the step is
-planned with (graph-level changes, e.g. "route=@route_in_up=0"; `default_policy` otherwise). Why one process: the random weights take ~40 s to make, a variant's
+planned with (graph-level changes, e.g. "swa8=@swa_min_chunk=8"; `default_policy` otherwise). Why one process: the random weights take ~40 s to make, a variant's
 build ~2 s and its timing ~1 s, so a device call can compare a dozen variants on the same
 weights, cache and program, interleaved so that clock drift hits every variant alike.
 """

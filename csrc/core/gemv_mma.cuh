@@ -31,13 +31,6 @@
 #define TW_MMA_PACK_T 4
 #endif
 static_assert(TW_MMA_PACK_T >= 0 && TW_MMA_PACK_T <= 4, "a packed mma holds hi and lo columns of up to 4 tokens");
-// Experiment (perf-notes v12, Next 2): cut K between the warps at k16 steps instead of 32-k
-// blocks. EXPERT_DOWN's k = 768 is 24 blocks over 11 warps (two warps take 3, nine take 2:
-// the slowest 37% over the mean); in k16 steps, 48 over 11 (5 against 4.36). A block shared
-// by two warps is streamed by both, each doing its own step of it. 0: whole blocks.
-#ifndef TW_MMA_HALF_SPLIT
-#define TW_MMA_HALF_SPLIT 0
-#endif
 // Issue the weight stream before staging the input rows (1) or after (0).
 #ifndef TW_MMA_PRIME_FIRST
 #define TW_MMA_PRIME_FIRST 1
@@ -93,7 +86,6 @@ struct TwMmaStream {
     int slot_bytes, depth;
     int scale_at;              // byte offset of the scale rows in a slot
     int row_tiles, rt0, per_pass, kb0, nkb, items;
-    int s_first, s_end;        // k16 steps of the first block from s_first, of the last below s_end
     bool gated;
     // Cursors, counted up (no division on the item path: an integer division per item
     // cost ~100 us per token, perf-notes v9): the next item to issue (pass, block, slot)
@@ -118,18 +110,8 @@ __device__ __forceinline__ TwMmaStream tw_mma_stream(const TwCtx& c, const TwGem
     static_assert(F::kPassTiles <= TW_MMA_TILES && F::kPassTiles % 2 == 0, "a pass's tiles fit the accumulators");
     st.per_pass = st.gated ? F::kPassTiles / 2 : F::kPassTiles;
     const int kb_n = g.k / 32, w = tw_warp();
-#if TW_MMA_HALF_SPLIT
-    const int h0 = w * 2 * kb_n / TW_WARPS, h1 = (w + 1) * 2 * kb_n / TW_WARPS;   // k16 steps [h0, h1)
-    st.kb0 = h0 / 2;
-    st.nkb = h1 > h0 ? (h1 + 1) / 2 - st.kb0 : 0;
-    st.s_first = h0 & 1;
-    st.s_end = h1 & 1 ? 1 : 2;
-#else
     st.kb0 = w * kb_n / TW_WARPS;
     st.nkb = (w + 1) * kb_n / TW_WARPS - st.kb0;
-    st.s_first = 0;
-    st.s_end = 2;
-#endif
     st.items = st.nkb * ((st.row_tiles + st.per_pass - 1) / st.per_pass);
     // Tiles are computed in pairs: an odd pass's last pair has a phantom tile that reads
     // (stale) bytes of the slot's even tile count and is never stored.
@@ -205,7 +187,7 @@ __device__ __forceinline__ void tw_mma_prime(const TwGemv& g, TwMmaStream& st) {
 template <class F>
 __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int scale_at, int i,
                                                  const unsigned int (&bh)[2][2], const unsigned int (&bl)[2][2],
-                                                 float4* acc, int s0, int s1) {
+                                                 float4* acc) {
     const int gq = tw_lane() >> 2;
     float c[2][4][4];
 #pragma unroll
@@ -213,10 +195,9 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
             unsigned int a[4];
-            if (s >= s0 && s < s1) F::fragment(slot + (i + t) * F::kTileBytes, s, a);
+            F::fragment(slot + (i + t) * F::kTileBytes, s, a);
 #pragma unroll
             for (int e = 0; e < 4; ++e) c[t][2 * s][e] = c[t][2 * s + 1][e] = 0.f;
-            if (s < s0 || s >= s1) continue;   // the step is another warp's (TW_MMA_HALF_SPLIT)
             F::mma(c[t][2 * s], a, bh[s][0], bh[s][1]);
             F::mma(c[t][2 * s + 1], a, bl[s][0], bl[s][1]);
         }
@@ -243,7 +224,7 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
 // Stored in the accumulator's x (row gq) and z (row gq + 8); y and w stay zero.
 template <class F>
 __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slot, int scale_at, int i,
-                                                        const unsigned int (&b)[2][2], float4* acc, int s0, int s1) {
+                                                        const unsigned int (&b)[2][2], float4* acc) {
     const int gq = tw_lane() >> 2;
     float c[2][4];
 #pragma unroll
@@ -252,7 +233,6 @@ __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slo
         for (int e = 0; e < 4; ++e) c[t][e] = 0.f;
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
-            if (s < s0 || s >= s1) continue;   // the step is another warp's (TW_MMA_HALF_SPLIT)
             unsigned int a[4];
             F::fragment(slot + (i + t) * F::kTileBytes, s, a);
             F::mma(c[t], a, b[s][0], b[s][1]);
@@ -301,14 +281,12 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
                     bh[s][1] = bl[s][1];
                 }
             }
-            // The block's k16 steps this warp owns (both, but at a TW_MMA_HALF_SPLIT boundary).
-            const int s0 = kb == st.kb0 ? st.s_first : 0, s1 = kb == st.kb0 + st.nkb - 1 ? st.s_end : 2;
             if (Packed) {
 #pragma unroll 1
-                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc, s0, s1);
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
             } else {
 #pragma unroll 1   // two pairs per trip measured 2% slower (more code, no more overlap)
-                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc, s0, s1);
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
             }
             __syncwarp();          // every lane has read the slot: refill it, depth items ahead
             st.next_consumed();

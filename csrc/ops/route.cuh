@@ -3,8 +3,7 @@
 // weights = the chosen unbiased scores / (their sum + 1e-20) (if norm_topk_prob) * the
 // routed scaling. Slots are the distinct chosen experts in ascending id order; each slot
 // lists its tokens in ascending order. Group-limited routing (n_group > 1) is refused by
-// the runtime before launch. One-token steps route inside EXPERT_UP instead
-// (tw_route_one_token, below; ops/expert_up.cuh).
+// the runtime before launch.
 #pragma once
 #include "core/context.cuh"
 
@@ -136,38 +135,4 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
         tab[f_slot + i] = used[ids[r * TW_MAX_TOP_K + j]] - 1;
         tab[f_weight + i] = __float_as_int(wts[r * TW_MAX_TOP_K + j]);
     }
-}
-
-// The slot table of a one-token step, by warp 0 alone, into `tab` (shared memory; the
-// CTA reads it after a barrier), with [2e] floats of scratch before it. What ROUTE writes
-// for t = 1: the k choices are k distinct slots holding token 0, so a choice's slot is its
-// rank among the chosen ids, and the table needs no flags, ballots or barriers.
-__device__ void tw_route_one_token(const TwCtx& c, const float* logits, const __nv_bfloat16* bias, int* tab, int op) {
-    if (tw_warp() != 0) return;
-    const int e = c.p->num_experts, k = c.p->top_k, lane = tw_lane();
-    float* score = c.s_scratch;
-    float* biasf = c.s_scratch + e;
-    for (int i = lane; i < e; i += 32) {
-        score[i] = 1.f / (1.f + expf(-tw_ld(logits + i)));
-        biasf[i] = tw_bf16(bias[i]);
-    }
-    __syncwarp();
-    bool nan;
-    const int mine = e <= 128 ? tw_route_choose<4>(score, biasf, e, k, nan)
-                              : tw_route_choose<TW_ROUTE_MAX_EXPERTS / 32>(score, biasf, e, k, nan);
-    if (nan && lane == 0) c.fail(TW_STATUS_NONFINITE, op, 0ull, 0ull);
-    const float sc = lane < k ? score[mine] : 0.f;
-    const float sum = tw_warp_sum(sc);
-    int rank = 0;
-    for (int j = 0; j < k; ++j) rank += __shfl_sync(0xffffffffu, mine, j) < mine;
-    const int f_count = 1 + k, f_tokens = 1 + 2 * k, f_slot = 1 + 3 * k, f_weight = 1 + 4 * k;
-    if (lane < k) {
-        tab[1 + rank] = mine;
-        tab[f_count + rank] = 1;
-        tab[f_tokens + rank] = 0;
-        tab[f_slot + lane] = rank;
-        const float w = c.p->norm_topk_prob ? sc / (sum + 1e-20f) : sc;
-        tab[f_weight + lane] = __float_as_int(w * c.p->routed_scaling);
-    }
-    if (lane == 0) tab[0] = k;
 }

@@ -2,11 +2,11 @@
 
 from .. import mxfp4
 from .context import Ctx
-from .slots import arena_table, slot_tokens
+from .slots import slot_tokens
 
 
 def run(ctx: Ctx, a: dict[str, int]) -> None:
-    hit = slot_tokens(ctx, arena_table(ctx, a["table_off"], a["t"]), a["slot"], a["t"])
+    hit = slot_tokens(ctx, a["table_off"], a["slot"], a["t"])
     if hit is None:
         return
     e, toks = hit

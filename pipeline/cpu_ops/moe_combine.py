@@ -4,7 +4,6 @@ import torch
 
 from ..graph.ops import slot_table_fields
 from .context import Ctx
-from .slots import arena_table
 
 
 def run(ctx: Ctx, a: dict[str, int]) -> None:
@@ -12,7 +11,7 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     k = cfg.top_k
     slots = min(t * k, cfg.num_experts)
     f = slot_table_fields(slots, t, k)
-    tab = arena_table(ctx, a["table_off"], t)
+    tab = ctx.ints(a["table_off"], f["tok_weight"] + t * k)
     slot = tab[f["tok_slot"]: f["tok_slot"] + t * k].view(t, k).long()
     w = tab[f["tok_weight"]: f["tok_weight"] + t * k].view(t, k).view(torch.float32)
     c0, c1 = a["c0"], a["c1"]

@@ -8,7 +8,6 @@ import torch
 from ..errors import DeviceError, nonfinite_message
 from ..graph.ops import slot_table_fields
 from .context import Ctx
-from .slots import arena_table
 
 
 def choose(scores: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_group: int) -> torch.Tensor:
@@ -22,18 +21,15 @@ def choose(scores: torch.Tensor, bias: torch.Tensor, k: int, n_group: int, topk_
     return choice.topk(k, dim=-1).indices
 
 
-def slot_table(ctx: Ctx, logits_off: int, w_bias: int, t: int, op: str = "ROUTE") -> torch.Tensor:
-    """The slot table (int32 words, `slot_table_fields` layout, unused words zero) of the
-    router logits at `logits_off`; `op` names the task in a NaN refusal. Also what an
-    EXPERT_UP that routes for itself computes (cpu_ops/expert_up.py)."""
-    cfg = ctx.cfg
+def run(ctx: Ctx, a: dict[str, int]) -> None:
+    cfg, t = ctx.cfg, a["t"]
     e, k = cfg.num_experts, cfg.top_k
     slots = min(t * k, e)
-    scores = torch.sigmoid(ctx.rows(logits_off, e, t, e))
-    bias = ctx.w(w_bias).float()
+    scores = torch.sigmoid(ctx.rows(a["logits_off"], e, t, e))
+    bias = ctx.w(a["w_bias"]).float()
     nan = (scores + bias).isnan().any(dim=-1)
     if nan.any():   # as the megakernel: a NaN has no place in the order
-        raise DeviceError(f"{op}: " + nonfinite_message("router scores", int(nan.nonzero()[0, 0])))
+        raise DeviceError("ROUTE: " + nonfinite_message("router scores", int(nan.nonzero()[0, 0])))
     ids = choose(scores, bias, k, cfg.n_group, cfg.topk_group)     # [t, k]
     w = scores.gather(-1, ids)
     if cfg.norm_topk_prob:
@@ -41,7 +37,8 @@ def slot_table(ctx: Ctx, logits_off: int, w_bias: int, t: int, op: str = "ROUTE"
     w = w * cfg.routed_scaling
     experts = ids.unique(sorted=True)
     f = slot_table_fields(slots, t, k)
-    tab = torch.zeros(f["tok_weight"] + t * k, dtype=torch.int32)
+    tab = ctx.ints(a["table_off"], f["tok_weight"] + t * k)
+    tab.zero_()
     tab[f["n_used"]] = len(experts)
     slot_of = {int(x): s for s, x in enumerate(experts.tolist())}
     for s, x in enumerate(experts.tolist()):
@@ -51,9 +48,3 @@ def slot_table(ctx: Ctx, logits_off: int, w_bias: int, t: int, op: str = "ROUTE"
         tab[f["tokens"] + s * t: f["tokens"] + s * t + len(toks)] = toks.int()
     tab[f["tok_slot"]: f["tok_slot"] + t * k] = torch.tensor([slot_of[int(x)] for x in ids.flatten()], dtype=torch.int32)
     tab[f["tok_weight"]: f["tok_weight"] + t * k] = w.flatten().float().view(torch.int32)
-    return tab
-
-
-def run(ctx: Ctx, a: dict[str, int]) -> None:
-    tab = slot_table(ctx, a["logits_off"], a["w_bias"], a["t"])
-    arena_table(ctx, a["table_off"], a["t"]).copy_(tab)

@@ -1,4 +1,4 @@
-"""Reading a slot table (ROUTE's, or one an EXPERT_UP built for itself) from the expert ops."""
+"""Reading a slot table (written by ROUTE) from the expert ops."""
 
 import torch
 
@@ -6,17 +6,12 @@ from ..graph.ops import slot_table_fields
 from .context import Ctx
 
 
-def arena_table(ctx: Ctx, table_off: int, t: int) -> torch.Tensor:
-    """The slot table at `table_off` of a step of `t` tokens (a view of the arena)."""
+def slot_tokens(ctx: Ctx, table_off: int, slot: int, t: int) -> tuple[int, torch.Tensor] | None:
+    """(expert id, token rows) of a used slot; None when the slot is unused this step."""
     cfg = ctx.cfg
-    f = slot_table_fields(min(t * cfg.top_k, cfg.num_experts), t, cfg.top_k)
-    return ctx.ints(table_off, f["tok_weight"] + t * cfg.top_k)
-
-
-def slot_tokens(ctx: Ctx, tab: torch.Tensor, slot: int, t: int) -> tuple[int, torch.Tensor] | None:
-    """(expert id, token rows) of a used slot of table `tab`; None when the slot is unused this step."""
-    cfg = ctx.cfg
-    f = slot_table_fields(min(t * cfg.top_k, cfg.num_experts), t, cfg.top_k)
+    slots = min(t * cfg.top_k, cfg.num_experts)
+    f = slot_table_fields(slots, t, cfg.top_k)
+    tab = ctx.ints(table_off, f["tok_weight"] + t * cfg.top_k)
     if slot >= int(tab[f["n_used"]]):
         return None
     count = int(tab[f["count"] + slot])

@@ -146,11 +146,9 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
     slots = min(t * k, e)
     table = g.buffer(f"{p}.slots", 1, slot_table_words(slots, t, k), "i32")
     bias = g.weight(f"{p}.router_bias", "vector", size=e)
-    route_cost = Cost(t * e * 4, t * e * 8)
-    routed = pol.routes_in_up(t)   # every up task routes for itself; slot 0's first tile writes the table
-    if not routed:
-        g.task(Op.ROUTE, {"logits_off": At(logits), "t": t, "w_bias": bias, "table_off": At(table), "layer": layer},
-               reads=[logits.tile()], writes=[table.tile()], stage=f"{p}.route", layer=layer, cost=route_cost)
+    g.task(Op.ROUTE, {"logits_off": At(logits), "t": t, "w_bias": bias, "table_off": At(table), "layer": layer},
+           reads=[logits.tile()], writes=[table.tile()], stage=f"{p}.route", layer=layer,
+           cost=Cost(t * e * 4, t * e * 8))
 
     fields = slot_table_fields(slots, t, k)
     assert fields["n_used"] == 0
@@ -163,21 +161,13 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
     up_tiles = pol.split(inter, pol.tiles_per_group(inter, slots, 16, 2 * hid * FP4), align=16)
     xa, h_all, tab, tab_all, act_ld = _x_args(h, wn), h.tile(), At(table), table.tile(), Ld(act)
     up_cost = {(n0, n1): Cost(2 * (n1 - n0) * hid * FP4, 4 * t * (n1 - n0) * hid) for n0, n1 in up_tiles}
-    route = ({"logits_off": At(logits), "w_bias": bias} if routed else {"logits_off": -1, "w_bias": -1})
-    routing = logits.tile() if routed else tab_all
     for s in range(slots):
         act_s, stage, group = At(act, s * t), f"{p}.up", f"{p}.up.s{s}"
         for n0, n1 in up_tiles:
-            writes, grp, cost = [act.tile(s * t, (s + 1) * t, n0, n1)], group, up_cost[n0, n1]
-            if routed and s == 0 and n0 == 0:
-                # Its own sync group: the down tasks of slot s then wait for slot s's up
-                # tiles and this one, not for all of slot 0's.
-                writes, grp, cost = writes + [tab_all], f"{p}.up.table", cost + route_cost
-            elif routed:
-                cost = cost + route_cost
             g.task(Op.EXPERT_UP, {**xa, "w": wg, "w2": wu, "slot": s, "n0": n0, "n1": n1,
-                                  "table_off": tab, "act_off": act_s, "act_ld": act_ld, **route},
-                   reads=[h_all, routing], writes=writes, stage=stage, group=grp, layer=layer, cost=cost)
+                                  "table_off": tab, "act_off": act_s, "act_ld": act_ld, "layer": layer},
+                   reads=[h_all, tab_all], writes=[act.tile(s * t, (s + 1) * t, n0, n1)],
+                   stage=stage, group=group, layer=layer, cost=up_cost[n0, n1])
 
     y = g.buffer(f"{p}.y", slots * t, hid)
     down_tiles = pol.split(hid, pol.tiles_per_group(hid, slots, 16, inter * FP4), align=16)

@@ -94,10 +94,6 @@ class Cost:
     bytes: float
     flops: float = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
-        """Two pieces of work fused into one task."""
-        return Cost(self.bytes + other.bytes, self.flops + other.flops)
-
 
 @dataclass(eq=False, slots=True)
 class Task:

@@ -71,12 +71,8 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
            "merge chunk partials; the sink logit only adds to the denominator"),
     OpSpec(Op.ROUTE, ("logits_off", "t", "w_bias", "table_off", "layer"),
            "sigmoid scores, biased top-k choice, unbiased renormalised weights, slot table"),
-    OpSpec(Op.EXPERT_UP, _X + ("w", "w2", "slot", "n0", "n1", "table_off", "act_off", "act_ld", "logits_off",
-                               "w_bias"),
-           "MXFP4 gate/up rows n0:n1 for the tokens routed to one slot's expert. logits_off < 0: the slot "
-           "table at table_off is ROUTE's; else (one-token steps) the task routes for itself (ROUTE's math "
-           "on the router logits at logits_off and the bias w_bias), and the task of slot 0 whose n0 is 0 "
-           "also writes that table to table_off for EXPERT_DOWN and MOE_COMBINE"),
+    OpSpec(Op.EXPERT_UP, _X + ("w", "w2", "slot", "n0", "n1", "table_off", "act_off", "act_ld", "layer"),
+           "MXFP4 gate/up rows n0:n1 for the tokens routed to one slot's expert"),
     OpSpec(Op.EXPERT_DOWN, ("act_off", "act_ld", "k", "t", "w", "slot", "n0", "n1", "table_off", "y_off",
                             "y_ld", "layer"),
            "MXFP4 down rows n0:n1 for one slot's tokens"),

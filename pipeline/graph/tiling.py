@@ -16,14 +16,6 @@ class TilePolicy:
     row_align: int = 8               # output rows per tile are a multiple of this
     max_tiles: int = 4096
     swa_min_chunk: int = 32          # fewest keys per sliding-window attention chunk
-    #: One-token steps route inside EXPERT_UP (no ROUTE task): every up task repeats the
-    #: top-k, one warp's work at T = 1, instead of waiting for a ROUTE stage and reading
-    #: its table back (csrc/ops/expert_up.cuh). Larger steps keep ROUTE: several up tasks
-    #: per SM would each route again, and a T-token table needs the general builder.
-    route_in_up: bool = True
-
-    def routes_in_up(self, tokens: int) -> bool:
-        return self.route_in_up and tokens == 1
 
     def tiles_for(self, total_bytes: float, rows: int) -> int:
         """How many tiles to cut `rows` into: one per worker, none below `min_task_bytes`.

@@ -152,7 +152,7 @@ def compare_arenas(p: Program, cpu: CpuExecutor, gpu, tokens: int) -> dict[str, 
             continue
         if b.dtype == "i32":
             xi, yi = x.view(torch.int32), y.view(torch.int32)
-            if b.name.endswith(".slots"):   # written by ROUTE (or an EXPERT_UP that routes)
+            if op == Op.ROUTE:
                 want, got = routing(xi, tokens), routing(yi, tokens)
                 assert want[:-1] == got[:-1], f"{b.name}: routing differs"
                 torch.testing.assert_close(got[-1], want[-1], **ROUTE_WEIGHTS_TOL)

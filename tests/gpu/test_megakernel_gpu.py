@@ -179,12 +179,10 @@ def poisoned_runner(gpu, weight: str, row: int | None = None):
 
 
 def test_nan_router_scores_raise_a_named_error_not_an_illegal_address(gpu):
-    """The routing meets NaN scores (in EXPERT_UP: a decode step routes inside its up
-    tasks): the launch ends with a DeviceError naming the task (it was an out-of-range
-    expert index), and the GPU context stays usable."""
+    """ROUTE meets NaN scores: the launch ends with a DeviceError naming the task (it was
+    an out-of-range expert index), and the GPU context stays usable."""
     runner = poisoned_runner(gpu, "L1.router")
-    with pytest.raises(DeviceError,
-                       match=r"non-finite values .* \(EXPERT_UP, L1\.\w+\).*router scores of token 0 hold NaN"):
+    with pytest.raises(DeviceError, match=r"non-finite values .* \(ROUTE, L1\.\w+\).*router scores of token 0 hold NaN"):
         runner.decode(1, 1)
     assert torch.ones(4, device=gpu).sum().item() == 4.0   # the context survived
 

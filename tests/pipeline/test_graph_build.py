@@ -2,7 +2,7 @@
 own buffers, every output is written exactly once, and impossible steps are refused.
 
 Expected counts are derived from the config (not copied from the builder), so the tests
-read as the rule: one ROPE_KV per kv head per layer, one ROUTE per MoE layer (T > 1), and so on.
+read as the rule: one ROPE_KV per kv head per layer, one ROUTE per MoE layer, and so on.
 """
 
 from __future__ import annotations
@@ -61,40 +61,11 @@ def test_attention_partials_are_one_per_kv_head_and_key_chunk(graph):
 
 
 def test_one_route_per_moe_layer_and_gate_up_only_on_dense_layers(graph):
-    """Steps of T > 1 tokens: a ROUTE task per MoE layer writes the slot table. One-token
-    steps have none: every EXPERT_UP routes for itself (next test)."""
     ops = by_op(graph)
     moe = [layer for layer in range(CFG.num_layers) if CFG.is_moe(layer)]
-    assert [t.layer for t in ops[Op.ROUTE]] == (moe if graph.tokens > 1 else [])
+    assert [t.layer for t in ops[Op.ROUTE]] == moe
     assert {t.layer for t in ops[Op.LINEAR_SWIGLU]} == set(range(CFG.num_layers)) - set(moe)
     assert {t.layer for t in ops[Op.EXPERT_UP]} == {t.layer for t in ops[Op.EXPERT_DOWN]} == set(moe)
-
-
-def test_one_token_steps_route_inside_every_up_task_and_one_of_them_writes_the_table(graph):
-    """At T = 1 each EXPERT_UP reads the router logits (logits_off, w_bias set); the one of
-    slot 0 at n0 = 0 also writes the slot table, in a sync group of its own, so the down
-    tasks and the combine wait for it. At T > 1 up tasks read ROUTE's table."""
-    ops = by_op(graph)
-    ups = ops[Op.EXPERT_UP]
-    if graph.tokens > 1:
-        assert all(t.args["logits_off"] == -1 and t.args["w_bias"] == -1 for t in ups)
-        return
-    assert all(t.args["logits_off"] != -1 and t.args["w_bias"] != -1 for t in ups)
-    for layer in {t.layer for t in ups}:
-        table = f"L{layer}.slots"
-        writers = [t for t in graph.tasks if any(w.buf.name == table for w in t.writes)]
-        assert len(writers) == 1
-        (w,) = writers
-        assert (w.op, w.args["slot"], w.args["n0"], w.group) == (Op.EXPERT_UP, 0, 0, f"L{layer}.up.table")
-        readers = {t.op for t in graph.tasks if any(r.buf.name == table for r in t.reads)}
-        assert readers == {Op.EXPERT_DOWN, Op.MOE_COMBINE}
-
-
-def test_a_policy_can_keep_route_at_one_token():
-    g = build_step(CFG, 1, kind="decode", capacity=CAP, policy=TilePolicy(route_in_up=False))
-    ops = by_op(g)
-    assert len(ops[Op.ROUTE]) == sum(CFG.is_moe(i) for i in range(CFG.num_layers))
-    assert all(t.args["logits_off"] == -1 for t in ops[Op.EXPERT_UP])
 
 
 def test_expert_slots_are_min_of_tokens_times_top_k_and_experts(graph):
@@ -125,7 +96,7 @@ def test_tiny_decode_step_has_the_expected_task_counts():
     """A snapshot of tiny decode at capacity 256: catches an accidental change of tiling."""
     g = build_decode_step(CFG, capacity=CAP)
     assert g.summary() == {"EMBED": 1, "LINEAR": 20, "ROPE_KV": 6, "ATTN_PARTIAL": 12, "ATTN_MERGE": 6,
-                           "LINEAR_SWIGLU": 6, "EXPERT_UP": 6, "EXPERT_DOWN": 6, "MOE_COMBINE": 12,
+                           "LINEAR_SWIGLU": 6, "ROUTE": 3, "EXPERT_UP": 6, "EXPERT_DOWN": 6, "MOE_COMBINE": 12,
                            "LM_HEAD": 6, "SAMPLE": 1}
 
 
