@@ -1,12 +1,14 @@
 """A/B the megakernel under csrc macro variants, in one process on one random model:
-ms per token and, from one traced step, the chosen ops' mean task time and prologue.
+ms per token and, from one traced step, the chosen ops' mean task time and prologue and
+every op's stage walls.
 
     tools/gpu_py.sh tools/ab_defines.py --variants "base=;depth2=TW_MMA_MAX_DEPTH=2" --ops EXPERT_UP,LINEAR
 
 Each variant is a name and a TILEWARP_DEFINES string (runtime/megakernel.py
 `extra_defines`), optionally followed by `@field=value,...`: TilePolicy fields the step is
-planned with (graph-level changes, e.g. "swa8=@swa_min_chunk=8"; `default_policy` otherwise). Why one process: the random weights take ~40 s to make, a variant's
-build ~2 s and its timing ~1 s, so a device call can compare a dozen variants on the same
+planned with (graph-level changes, e.g. "swa8=@swa_min_chunk=8"; `default_policy`
+otherwise). Why one process: the random weights take ~40 s to make, a variant's build
+~2 s and its timing ~1 s, so a device call can compare a dozen variants on the same
 weights, cache and program, interleaved so that clock drift hits every variant alike.
 """
 
