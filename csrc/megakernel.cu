@@ -59,23 +59,7 @@ __device__ __forceinline__ bool tw_small_op(int op) {
 
 __device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
 
-#if TW_EARLY_PRIME
-// All compute threads, before the controller waits for the task's producers: issue the
-// first chunks of a bf16 GEMV's weights (core/gemv_task.cuh tw_gemv_prime). True if it did.
-__device__ __forceinline__ bool tw_early_prime(const TwCtx& c, int op, const int* a) {
-    TwGemv g;
-    switch (op) {
-        case TW_OP_LINEAR: g = tw_gemv_linear(c, a); break;
-        case TW_OP_LINEAR_SWIGLU: g = tw_gemv_linear_swiglu(c, a); break;
-        case TW_OP_LM_HEAD: g = tw_gemv_lm_head(c, a); break;
-        default: return false;
-    }
-    tw_gemv_prime(c, g);
-    return true;
-}
-#endif
-
-__device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a, bool primed = false) {
+__device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
     // GEMV ops decode into a TwGemv and share one executor (core/gemv_task.cuh).
     TwGemv g;
     bool gemv = false;
@@ -100,7 +84,7 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
         case TW_OP_ACCEPT: tw_op_accept(c, a); break;
         default: break;
     }
-    if (gemv) tw_gemv_run(c, g, primed);
+    if (gemv) tw_gemv_run(c, g);
     if (op == TW_OP_LM_HEAD) {
         tw_sync();
         tw_lm_head_argmax(c, a);
@@ -186,13 +170,6 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
                 const int task = queue[qi];
                 desc = descs[task];
                 atomicExch(&fetched, ++n_fetched);   // an atomic: the loader polls it
-#if TW_EARLY_PRIME
-            }
-            tw_sync();   // the descriptor, for every warp
-            const bool primed = tw_early_prime(c, desc.op, desc.args);
-            if (threadIdx.x == 0) {
-                const int task = queue[qi];
-#endif
                 int ok = 1;
                 if (!tw_known_op(desc.op)) {
                     tw_report_error(status, abort_flag, TW_STATUS_BAD_OP, task, -1, 0, 0, desc.op);
@@ -209,18 +186,9 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
                 if (trace_cap) t_ready = tw_globaltimer_ns();
             }
             tw_sync();
-#if TW_EARLY_PRIME
-            if (!go) {
-                if (primed) tw_cp_async_wait<0>();   // no copy still landing in a retired CTA
-                return;
-            }
-            c.task = desc.task;
-            tw_dispatch(c, desc.op, desc.args, primed);
-#else
             if (!go) return;
             c.task = desc.task;
             tw_dispatch(c, desc.op, desc.args);
-#endif
             if (TW_EXP_SMALL_TWICE && tw_small_op(desc.op)) {
                 tw_sync();
                 tw_dispatch(c, desc.op, desc.args);

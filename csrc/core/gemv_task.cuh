@@ -17,16 +17,6 @@
 #define TW_BF16_MMA_MIN_T 2
 #endif
 
-// Early prime of the bf16 GEMVs' weight rings (tw_gemv_prime, megakernel.cu): T = 1 builds
-// only, where every bf16 GEMV takes the walk (a T > 1 build may take the mma path, whose
-// staging would overlap the primed ring).
-#ifndef TW_EARLY_PRIME
-#define TW_EARLY_PRIME (TW_MAX_T == 1)
-#endif
-#if TW_EARLY_PRIME && TW_MAX_T > 1
-#error "TW_EARLY_PRIME needs TW_MAX_T == 1"
-#endif
-
 // Row pointers of a group: rows n and n + 1 of w, or (gated) row n of w and of w2.
 template <class Core>
 __device__ __forceinline__ typename Core::Ptrs tw_gemv_group(const TwGemv& g, int n);
@@ -38,13 +28,11 @@ __device__ __forceinline__ TwBf16Core::Ptrs tw_gemv_group<TwBf16Core>(const TwGe
     return {{w + (long long)n * g.k, n + 1 < g.n1 ? w + (long long)(n + 1) * g.k : nullptr}};
 }
 
-// Gated (w2): a warp group is one output (gate and up rows); else two outputs.
-__device__ __forceinline__ int tw_gemv_per_group(const TwGemv& g) { return g.w2 ? 1 : 2; }
-
 template <class Core>
-__device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g, const TwRows& x, bool primed) {
+__device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g, const TwRows& x) {
     const bool gated = g.w2 != nullptr;
-    const int per = tw_gemv_per_group(g);
+    // Gated: a warp group is one output (gate and up rows); else two outputs.
+    const int per = gated ? 1 : 2;
     tw_gemv_walk<Core>(
         x, g.n0 + per * tw_warp(), g.n1, per * TW_WARPS, [&](int n) { return tw_gemv_group<Core>(g, n); },
         [&](int n, const float (&acc)[2][TW_MAX_T]) {
@@ -66,23 +54,11 @@ __device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g
                 }
             }
         },
-        tw_warp_ring(c.s_stage), primed);
+        tw_warp_ring(c.s_stage));
 }
 
-// Early prime: a T = 1 bf16 GEMV's weights never change during a launch, so each warp can
-// issue its first TW_RING_DEPTH chunks while the controller still waits for the task's
-// producers; tw_gemv_run(c, g, true) then continues the same walk. Why: at T = 1 a LINEAR
-// stage waited for its producers, then for its weights' first round trip from HBM.
-__device__ __forceinline__ void tw_gemv_prime(const TwCtx& c, const TwGemv& g) {
-    const int per = tw_gemv_per_group(g);
-    tw_gemv_walk_prime<TwBf16Core>(g.k, g.n0 + per * tw_warp(), g.n1, per * TW_WARPS,
-                                   [&](int n) { return tw_gemv_group<TwBf16Core>(g, n); },
-                                   tw_warp_ring(c.s_stage));
-}
-
-// All compute threads; s_tok holds the input rows' source indices. `primed`: tw_gemv_prime
-// ran for this g (a bf16 GEMV on the walk).
-__device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g, bool primed = false) {
+// All compute threads; s_tok holds the input rows' source indices.
+__device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
     // GEMV tasks leave the scratch free: it takes the norm weight when the row fits.
     const bool wn_fits = g.k <= TW_SCRATCH_FLOATS && (g.k & 7) == 0
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
@@ -104,12 +80,9 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g, boo
 #endif
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
                                   TW_X_STAGE_FLOATS, wn_smem, 1.f);
-    if (TW_EXP_TWICE) {
-        tw_gemv_run_core<TwBf16Core>(c, g, x, primed);
-        primed = false;
-    }
+    if (TW_EXP_TWICE) tw_gemv_run_core<TwBf16Core>(c, g, x);
     c.mark_phase(0);
-    tw_gemv_run_core<TwBf16Core>(c, g, x, primed);
+    tw_gemv_run_core<TwBf16Core>(c, g, x);
 }
 
 // Dense input rows 0..n-1 (tokens in order): s_tok = identity.

@@ -45,67 +45,39 @@ __device__ __forceinline__ void tw_zero_acc(float (&acc)[2][TW_MAX_T]) {
         for (int r = 0; r < TW_MAX_T; ++r) acc[i][r] = 0.f;
 }
 
-// The walk's load cursor: (group ln, chunk lc) of the next chunk to copy into the ring.
-template <class Core, class RowsOf>
-struct TwWalkLoads {
-    RowsOf rows_of;
-    unsigned char* ring;
-    int k, nc, end, stride, ln, lc;
-    typename Core::Ptrs lp;
-
-    __device__ __forceinline__ TwWalkLoads(RowsOf r, unsigned char* ring_, int k_, int first, int end_, int stride_)
-        : rows_of(r), ring(ring_), k(k_), nc(Core::chunks(k_)), end(end_), stride(stride_), ln(first), lc(0) {
-        if (first < end) lp = rows_of(first);
-    }
-    __device__ __forceinline__ typename Core::Slot& slot(int s) const {
+// Groups first, first + stride, ... < end; rows_of(n) -> Core::Ptrs; finish(n, acc) is
+// called by every lane with the warp-reduced sums (acc[i][r] for r < x.n).
+template <class Core, class RowsOf, class Finish>
+__device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end, int stride, RowsOf rows_of,
+                                             Finish finish, unsigned char* ring) {
+    static_assert(sizeof(typename Core::Slot) <= TW_RING_SLOT_BYTES, "a chunk must fit a ring slot");
+    if (first >= end) return;
+    const int nc = Core::chunks(x.k);
+    auto slot = [&](int s) -> typename Core::Slot& {
         return *reinterpret_cast<typename Core::Slot*>(ring + s * TW_RING_SLOT_BYTES);
-    }
-    // The next chunk into slot s, committed as one group (empty past the end, so wait_group
-    // counts stay uniform); issue = false: the copy is already in flight (an early prime),
-    // only move past it.
-    __device__ __forceinline__ void next(int s, bool issue) {
+    };
+    // The load cursor (group ln, chunk lc) runs TW_RING_DEPTH chunks ahead. Every refill
+    // commits a group, empty past the end, so wait_group counts stay uniform.
+    int ln = first, lc = 0;
+    typename Core::Ptrs lp = rows_of(first);
+    auto refill = [&](int s) {
         if (ln < end) {
-            if (issue) Core::load(slot(s), lp, k, lc);
+            Core::load(slot(s), lp, x.k, lc);
             if (++lc == nc) {
                 lc = 0;
                 ln += stride;
                 if (ln < end) lp = rows_of(ln);
             }
         }
-        if (issue) tw_cp_async_commit();
-    }
-};
-
-// The first TW_RING_DEPTH chunks of a walk, issued before the task's waits resolve (its
-// weights never change in a launch; core/gemv_task.cuh tw_gemv_prime). The walk is then
-// called with `primed`.
-template <class Core, class RowsOf>
-__device__ __forceinline__ void tw_gemv_walk_prime(int k, int first, int end, int stride, RowsOf rows_of,
-                                                   unsigned char* ring) {
-    if (first >= end) return;
-    TwWalkLoads<Core, RowsOf> loads(rows_of, ring, k, first, end, stride);
+        tw_cp_async_commit();
+    };
 #pragma unroll
-    for (int s = 0; s < TW_RING_DEPTH; ++s) loads.next(s, true);
-}
-
-// Groups first, first + stride, ... < end; rows_of(n) -> Core::Ptrs; finish(n, acc) is
-// called by every lane with the warp-reduced sums (acc[i][r] for r < x.n). `primed`: the
-// ring's first TW_RING_DEPTH chunks were issued by tw_gemv_walk_prime with these arguments.
-template <class Core, class RowsOf, class Finish>
-__device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end, int stride, RowsOf rows_of,
-                                             Finish finish, unsigned char* ring, bool primed = false) {
-    static_assert(sizeof(typename Core::Slot) <= TW_RING_SLOT_BYTES, "a chunk must fit a ring slot");
-    if (first >= end) return;
-    const int nc = Core::chunks(x.k);
-    // The load cursor runs TW_RING_DEPTH chunks ahead of the compute.
-    TwWalkLoads<Core, RowsOf> loads(rows_of, ring, x.k, first, end, stride);
-#pragma unroll
-    for (int s = 0; s < TW_RING_DEPTH; ++s) loads.next(s, !primed);
+    for (int s = 0; s < TW_RING_DEPTH; ++s) refill(s);
     float acc[2][TW_MAX_T];
     tw_zero_acc(acc);
     for (int n = first, c = 0, s = 0;;) {
         tw_cp_async_wait<TW_RING_DEPTH - 1>();   // this lane's copies of slot s have landed
-        Core::fma(loads.slot(s), x, c, acc);
+        Core::fma(slot(s), x, c, acc);
         if (++c == nc) {
 #pragma unroll
             for (int i = 0; i < 2; ++i)
@@ -120,7 +92,7 @@ __device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end
         }
         // Slot s was just read by this lane alone (shared loads long done by the time a
         // global copy lands); refill it with the chunk TW_RING_DEPTH ahead.
-        loads.next(s, true);
+        refill(s);
         s = s + 1 == TW_RING_DEPTH ? 0 : s + 1;
     }
     tw_cp_async_wait<0>();   // nothing left in flight (only empty groups remain) before the ring is reused
