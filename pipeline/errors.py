@@ -8,6 +8,8 @@ embeds tilewarp does not have to know our hierarchy to handle the common cases.
 
 from __future__ import annotations
 
+import operator
+
 
 class TilewarpError(Exception):
     """Base of every error tilewarp raises on purpose."""
@@ -35,6 +37,17 @@ class GraphError(TilewarpError, ValueError):
 
 class DeviceError(TilewarpError, RuntimeError):
     """The GPU side failed: build, launch, or an error record written by the megakernel."""
+
+
+def int_arg(name: str, value: object) -> int:
+    """`value` as a Python int (any integer type, numpy's included), or an InputError naming
+    `name`; a bool is refused (True is not a length or an index)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise InputError(f"{name}: must be an int, got {value!r}") from None
 
 
 def nonfinite_message(what: str, token: int) -> str:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import mxfp4
 from .config import ModelConfig
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, int_arg
 from .kv_cache import MAX_STEP_TOKENS, KVCache
 from .tensor_specs import layer_prefix
 from .weights import Weights
@@ -331,12 +331,7 @@ class ReferenceModel:
         query at ``length`` needs (rolling back more than ``MAX_STEP_TOKENS`` past the
         furthest position written).
         """
-        try:
-            if isinstance(length, bool):
-                raise TypeError
-            length = operator.index(length)
-        except TypeError:
-            raise InputError(f"length: must be an int, got {length!r}") from None
+        length = int_arg("length", length)
         if not 0 <= length <= self.cache.length:
             raise InputError(f"length: cannot truncate to {length}; the cache holds {self.cache.length} tokens")
         self._check_ring_holds(length)

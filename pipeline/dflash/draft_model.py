@@ -35,14 +35,13 @@ Choices (documented in ``config.py`` too):
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, int_arg
 from ..kv_cache import MAX_STEP_TOKENS
 from ..reference import apply_rope, attention, rms_norm, rope_cos_sin, swiglu
 from ..weights import Weights
@@ -121,8 +120,8 @@ class DraftModel:
 
     def propose(self, anchor: int, position: int) -> DraftOutput:
         """One draft pass over ``[anchor, MASK x (B-1)]`` at ``position ..``; the cache is unchanged."""
-        anchor = self._index("anchor", anchor)
-        position = self._index("position", position)
+        anchor = int_arg("anchor", anchor)
+        position = int_arg("position", position)
         if not 0 <= anchor < self.cfg.vocab_size:
             raise InputError(f"anchor: token id {anchor} is out of range [0, vocab_size={self.cfg.vocab_size})")
         if position != self.context_length:
@@ -212,11 +211,3 @@ class DraftModel:
                              f"got {pos.tolist()[:4]}{' ...' if tokens > 4 else ''}")
         return pos
 
-    @staticmethod
-    def _index(name: str, value: int) -> int:
-        try:
-            if isinstance(value, bool):
-                raise TypeError
-            return operator.index(value)
-        except TypeError:
-            raise InputError(f"{name}: must be an int, got {value!r}") from None

@@ -10,11 +10,10 @@ rolled back without losing a key the next block reads; deeper rollbacks are refu
 
 from __future__ import annotations
 
-import operator
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, int_arg
 from ..kv_cache import MAX_STEP_TOKENS
 from .config import DraftConfig
 
@@ -71,12 +70,7 @@ class DraftKVCache:
 
     def truncate(self, length: int) -> None:
         """Roll the context back to ``length`` tokens; refused if the ring lost a key the next block reads."""
-        try:
-            if isinstance(length, bool):
-                raise TypeError
-            length = operator.index(length)
-        except TypeError:
-            raise InputError(f"length: must be an int, got {length!r}") from None
+        length = int_arg("length", length)
         if not 0 <= length <= self.length:
             raise InputError(f"length: cannot truncate the drafter context to {length}; it holds {self.length} tokens")
         needed = self.visible(length)

@@ -4,6 +4,9 @@ The 40-token prompt is longer than the 24-slot sliding-window ring of the tiny m
 every comparison below also runs across a ring wrap and across prefill chunk boundaries.
 """
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -150,6 +153,17 @@ def test_truncate_beyond_the_length_is_refused(weights):
         with pytest.raises(InputError, match="length"):
             model.truncate(bad)
     assert model.position == 5
+
+
+@pytest.mark.parametrize("bad", [True, 2.0, "2", None])
+def test_truncate_to_a_length_that_is_not_an_int_is_refused(weights, bad):
+    """Any integer type is a length (numpy's too); a bool, float or string is not."""
+    model = new_model(weights)
+    model.prefill(PROMPT[:5])
+    with pytest.raises(InputError, match=rf"length: must be an int, got {re.escape(repr(bad))}"):
+        model.truncate(bad)
+    model.truncate(np.int64(3))
+    assert model.position == 3
 
 
 def test_reset_forgets_everything(weights, prefill_logits):
