@@ -265,13 +265,23 @@ def valid_committed(drafter: TrainableDrafter, target: TargetLM, valid: list[Gen
 
 def init_from(drafter: TrainableDrafter, path: str) -> None:
     """Warm start: an exported drafter's weights, whose config must be this run's (the
-    optimizer starts fresh; `--resume` continues a saved training state instead)."""
+    optimizer starts fresh; `--resume` continues a saved training state instead), except
+    that this run may have more layers: the source's layers come first and each extra one
+    starts as the identity (its attention and MLP output projections zero, so the drafter
+    computes exactly what the source did and the new layers learn from there)."""
     src = export.load_drafter(load_draft_checkpoint(path))
-    if src.cfg != drafter.cfg:
+    deeper = dataclasses.replace(drafter.cfg, num_layers=src.cfg.num_layers)
+    if src.cfg != deeper or src.cfg.num_layers > drafter.cfg.num_layers:
         mine, theirs = dataclasses.asdict(drafter.cfg), dataclasses.asdict(src.cfg)
         diff = ", ".join(f"{k} {theirs[k]!r} != {mine[k]!r}" for k in mine if mine[k] != theirs[k])
-        raise SystemExit(f"--init {path}: its drafter differs from this run's ({diff})")
-    drafter.load_state_dict(src.state_dict())
+        raise SystemExit(f"--init {path}: its drafter differs from this run's ({diff}; only more layers "
+                         f"than the source can be added)")
+    missing, unexpected = drafter.load_state_dict(src.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("layers.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for layer in drafter.layers[src.cfg.num_layers:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
 
 
 def run(args: argparse.Namespace) -> DrafterResult:

@@ -190,15 +190,37 @@ def test_bf16_features_are_what_the_autocast_fc_reads(drafter_run):
         assert torch.equal(drafter.context(hidden), drafter.context({k: v.bfloat16() for k, v in hidden.items()}))
 
 
-def test_init_starts_from_an_exported_drafter_and_refuses_another_shape(drafter_run):
+def test_init_starts_from_an_exported_drafter_and_refuses_another_shape(drafter_run, tmp_path):
     """--init: training time adds up across device calls (the optimizer starts fresh)."""
     exported = load_drafter(load_draft_checkpoint(drafter_run.out))
     fresh = train_drafter.TrainableDrafter(exported.cfg)
     train_drafter.init_from(fresh, str(drafter_run.out))
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), exported.state_dict().values()))
-    other = train_drafter.TrainableDrafter(dataclasses.replace(exported.cfg, num_layers=exported.cfg.num_layers + 1))
-    with pytest.raises(SystemExit, match=r"--init .*num_layers"):
+    other = train_drafter.TrainableDrafter(dataclasses.replace(exported.cfg, intermediate_size=64))
+    with pytest.raises(SystemExit, match=r"--init .*intermediate_size"):
         train_drafter.init_from(other, str(drafter_run.out))
+    deeper = dataclasses.replace(exported.cfg, num_layers=exported.cfg.num_layers + 1)
+    save_drafter(train_drafter.TrainableDrafter(deeper), tmp_path / "deeper")
+    with pytest.raises(SystemExit, match=r"--init .*num_layers.*only more layers"):
+        train_drafter.init_from(train_drafter.TrainableDrafter(exported.cfg), str(tmp_path / "deeper"))
+
+
+def test_a_deeper_drafter_warm_starts_as_the_source_and_then_trains_its_new_layer(drafter_run):
+    """--drafter-layers above the source's: the extra layer starts as the identity, so the
+    block predictions equal the source's exactly; its output projections still get gradient."""
+    src = load_drafter(load_draft_checkpoint(drafter_run.out))
+    deeper = train_drafter.TrainableDrafter(dataclasses.replace(src.cfg, num_layers=src.cfg.num_layers + 1))
+    train_drafter.init_from(deeper, str(drafter_run.out))
+    g = torch.Generator().manual_seed(0)
+    hidden = {k: torch.randn(2, 12, src.cfg.hidden_size, generator=g) for k in src.cfg.target_layer_ids}
+    anchors, emb = torch.tensor([[3, 7], [5, 9]]), torch.randn(2, 2, src.cfg.hidden_size, generator=g)
+    deeper.eval()
+    with torch.no_grad():
+        assert torch.equal(deeper(hidden, anchors, emb), src(hidden, anchors, emb))
+    deeper.train()
+    deeper(hidden, anchors, emb).square().sum().backward()
+    new = deeper.layers[-1]
+    assert new.self_attn.o_proj.weight.grad.abs().sum() > 0 and new.mlp.down_proj.weight.grad.abs().sum() > 0
 
 
 def test_drafter_layers_option_keeps_the_budget():
