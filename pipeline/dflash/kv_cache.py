@@ -10,7 +10,6 @@ rolled back without losing a key the next block reads; deeper rollbacks are refu
 
 from __future__ import annotations
 
-
 import torch
 
 from ..errors import InputError, int_arg
