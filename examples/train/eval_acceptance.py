@@ -38,6 +38,26 @@ from examples.train import data, prompts, tokenizer
 PROMPTS_FILE = "heldout_prompts.json"
 
 
+#: Buckets of `copy_distance` (tokens back to the block's earlier occurrence; None: new text).
+COPY_BUCKETS = (("new text", None, None), ("repeats within 32", 1, 32), ("repeats 33..128 back", 33, 128),
+                ("repeats > 128 back", 129, 1 << 30))
+
+
+def copy_distance(seq: list[int], anchor: int, block: int) -> int | None:
+    """How far back the step's block, ``seq[anchor : anchor + block]`` (its anchor and the
+    tokens the target commits after it), last occurred before the anchor; None if it did not
+    (or the sequence ends inside the block). A step whose block repeats its context is one a
+    drafter that copies well commits whole: the split says how much of the acceptance gap
+    is copying and how much is new text (README, session 8)."""
+    pat = seq[anchor:anchor + block]
+    if len(pat) < block:
+        return None
+    for start in range(anchor - 1, -1, -1):
+        if seq[start:start + block] == pat:
+            return anchor - start
+    return None
+
+
 @dataclass
 class Acceptance:
     block_size: int
@@ -46,6 +66,19 @@ class Acceptance:
     tokens: int = 0
     seconds: float = 0.0
     lossless: bool | None = None
+    by_copy: dict[str, list[int]] = field(default_factory=dict)   # bucket -> [steps, committed tokens]
+
+    def add_steps(self, prompt: list[int], steps: list[list[int]]) -> None:
+        """Book the decoder's steps (the first list is the prefill's token) into `by_copy`."""
+        seq = list(prompt) + [t for step in steps for t in step]
+        anchor = len(prompt)
+        for step in steps[1:]:
+            d = copy_distance(seq, anchor, self.block_size)
+            name = next(n for n, lo, hi in COPY_BUCKETS if (d is None) == (lo is None) and (d is None or lo <= d <= hi))
+            entry = self.by_copy.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += len(step)
+            anchor += len(step)
 
     @property
     def steps(self) -> int:
@@ -63,7 +96,10 @@ class Acceptance:
                 "histogram (tokens committed per step):", *bars,
                 "per prompt: " + " ".join(f"{m:.2f}" for m in self.per_prompt),
                 f"{self.tokens} tokens in {self.seconds:.1f} s = {self.tokens / max(self.seconds, 1e-9):.1f} tokens/s "
-                "(PyTorch reference + drafter)"]
+                "(PyTorch reference + drafter)",
+                "steps by whether their block (anchor + the next tokens) repeats the context:",
+                *(f"  {name:22s} {n:5d} steps ({n / total:4.0%}), {c / max(n, 1):.2f} committed per step"
+                  for name, _, _ in COPY_BUCKETS for n, c in [self.by_copy.get(name, [0, 0])])]
 
 
 def load_prompt_texts(target_dir: Path, n: int) -> list[str]:
@@ -90,8 +126,10 @@ def evaluate(target_dir: str | Path, drafter_dir: str | Path, texts: list[str], 
     lossless = True
     for i, ids in enumerate(encoded):
         t0 = time.perf_counter()
-        out = [t for step in decoder.generate(ids) for t in step]
+        steps = list(decoder.generate(ids))
+        out = [t for step in steps for t in step]
         result.seconds += time.perf_counter() - t0
+        result.add_steps(ids, steps)
         result.tokens += len(out)
         result.histogram = [a + b for a, b in zip(result.histogram, decoder.stats.histogram)]
         result.per_prompt.append(decoder.stats.mean)
