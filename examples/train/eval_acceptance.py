@@ -38,9 +38,13 @@ from examples.train import data, prompts, tokenizer
 PROMPTS_FILE = "heldout_prompts.json"
 
 
-#: Buckets of `copy_distance` (tokens back to the block's earlier occurrence; None: new text).
-COPY_BUCKETS = (("new text", None, None), ("repeats within 32", 1, 32), ("repeats 33..128 back", 33, 128),
-                ("repeats > 128 back", 129, 1 << 30))
+#: Buckets of `copy_distance`, by the farthest distance each holds; None is "new text".
+COPY_BUCKETS = (("repeats within 32", 32), ("repeats 33..128 back", 128), ("repeats > 128 back", float("inf")))
+NEW_TEXT = "new text"
+
+
+def copy_bucket(distance: int | None) -> str:
+    return NEW_TEXT if distance is None else next(name for name, far in COPY_BUCKETS if distance <= far)
 
 
 def copy_distance(seq: list[int], anchor: int, block: int) -> int | None:
@@ -73,9 +77,7 @@ class Acceptance:
         seq = list(prompt) + [t for step in steps for t in step]
         anchor = len(prompt)
         for step in steps[1:]:
-            d = copy_distance(seq, anchor, self.block_size)
-            name = next(n for n, lo, hi in COPY_BUCKETS if (d is None) == (lo is None) and (d is None or lo <= d <= hi))
-            entry = self.by_copy.setdefault(name, [0, 0])
+            entry = self.by_copy.setdefault(copy_bucket(copy_distance(seq, anchor, self.block_size)), [0, 0])
             entry[0] += 1
             entry[1] += len(step)
             anchor += len(step)
@@ -99,7 +101,7 @@ class Acceptance:
                 "(PyTorch reference + drafter)",
                 "steps by whether their block (anchor + the next tokens) repeats the context:",
                 *(f"  {name:22s} {n:5d} steps ({n / total:4.0%}), {c / max(n, 1):.2f} committed per step"
-                  for name, _, _ in COPY_BUCKETS for n, c in [self.by_copy.get(name, [0, 0])])]
+                  for name in (NEW_TEXT, *(b for b, _ in COPY_BUCKETS)) for n, c in [self.by_copy.get(name, [0, 0])])]
 
 
 def load_prompt_texts(target_dir: Path, n: int) -> list[str]:
