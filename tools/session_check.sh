@@ -4,7 +4,7 @@
 # time limit, so the call ends inside the device tool's 10 minutes; logs go to $OUT and the
 # tables are printed last.
 #   tools/session_check.sh "base=TW_FOO=0;new=" [A/B seconds] [test seconds] [step sizes, default "1 8"]
-# Variants that only exist in one-token builds (TW_EARLY_PRIME, @rope_in_attention) want
+# Variants that only exist in one-token builds want
 # step sizes "1": a T = 8 build refuses them. AB_OPS=OP,OP picks the ops whose task times print.
 set -uo pipefail
 cd "$(dirname "$0")/.."
