@@ -9,14 +9,15 @@ at a size whose checkpoints fit 25 MB together::
              SWA window 64 + sinks, 8 q heads, kv 2 global / 4 SWA, qk 64 / v 32,
              partial RoPE 0.5 (32 of 64 dims; MiMo's 1/3 gives an odd count at 64),
              dense layer 0 (inter 768), 5 MoE layers x 16 experts top-2 (inter 256)
-    drafter  hidden 256 (= target), 5 layers, 8 heads / 2 kv, head_dim 32, inter 512,
+    drafter  hidden 256 (= target), 6 layers, 8 heads / 2 kv, head_dim 32, inter 512,
              reads target layers (0, 2, 3, 5), window 256 + sinks, B = 8
     vocab    4096 (byte-level BPE; see tokenizer.py for why)
 
 ``stored_bytes`` sums the exact tensor table (``tensor_specs`` / ``draft_tensor_specs``),
-so the budget is checked without training: target ~17.1 MB + drafter ~6.1 MB +
-tokenizer.json ~0.27 MB = ~23.5 MB. The fifth drafter layer (1.1 MB) is where the spare
-budget went: the drafter, not the target, limits acceptance. ``toy`` is the same
+so the budget is checked without training: target ~17.1 MB + drafter ~7.2 MB +
+tokenizer.json ~0.27 MB = ~24.6 MB. The fifth and sixth drafter layers (1.1 MB each) are
+where the spare budget went: the drafter, not the target, limits acceptance; a seventh
+would not fit. ``toy`` is the same
 architecture at CPU-test size.
 
 Training defaults are per preset; every script flag overrides them. The stdlib-256 target
@@ -74,7 +75,7 @@ def stdlib_256_target(vocab: int) -> ModelConfig:
 
 def stdlib_256_drafter(target: ModelConfig, mask_id: int) -> DraftConfig:
     return DraftConfig(
-        name=f"{target.name}-dflash", hidden_size=target.hidden_size, num_layers=5, num_heads=8, num_kv_heads=2,
+        name=f"{target.name}-dflash", hidden_size=target.hidden_size, num_layers=6, num_heads=8, num_kv_heads=2,
         head_dim=32, partial_rotary_factor=0.5, rope_theta=1e4, block_size=8, target_layer_ids=(0, 2, 3, 5),
         mask_token_id=mask_id, window=256, value_scale=0.612, sink=True, intermediate_size=512,
         rms_eps=target.rms_eps, vocab_size=target.vocab_size, num_target_layers=target.num_layers,
