@@ -196,13 +196,31 @@ def leading_right(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == labels).int().cumprod(dim=-1).sum(dim=-1)
 
 
+def teacher_logits(last_hidden: torch.Tensor, anchors: torch.Tensor, block_size: int, norm_weight: torch.Tensor,
+                   eps: float, lm_head: torch.Tensor) -> torch.Tensor:
+    """The target's own logits ``[B, M, B-1, V]`` for slots 1..B-1 of blocks at ``anchors [B, M]``,
+    from its last layer's hidden states ``[B, N, H]`` (slot k is predicted at position anchor + k - 1).
+    Free when the drafter reads the last layer anyway: no target forward, one lm_head matmul."""
+    rows = torch.arange(last_hidden.shape[0], device=anchors.device)[:, None, None]
+    pos = anchors[:, :, None] + torch.arange(block_size - 1, device=anchors.device)
+    h = rms_norm(last_hidden[rows, pos].float(), norm_weight.float(), eps)
+    return F.linear(h.to(lm_head.dtype), lm_head)
+
+
 def draft_loss(drafter: TrainableDrafter, hidden: dict[int, torch.Tensor], tokens: torch.Tensor,
                anchors: torch.Tensor, embed: torch.Tensor, lm_head: torch.Tensor,
-               gamma: float) -> tuple[torch.Tensor, DraftStats]:
-    """Weighted CE of slots 1..B-1 for blocks at ``anchors [B, M]`` of sequences ``tokens [B, N]``."""
+               gamma: float, teacher: torch.Tensor | None = None, kd: float = 0.0) -> tuple[torch.Tensor, DraftStats]:
+    """Weighted CE of slots 1..B-1 for blocks at ``anchors [B, M]`` of sequences ``tokens [B, N]``.
+
+    With ``teacher`` logits (``teacher_logits``) and ``kd`` > 0, each slot's loss is
+    ``(1 - kd) * CE(greedy label) + kd * CE(softmax(teacher))``: the target's whole distribution,
+    not only its argmax, as a regulariser against memorising the generated sequences."""
     logits, labels = block_logits(drafter, hidden, tokens, anchors, embed, lm_head)
-    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                         reduction="none").view(labels.shape)
+    flat = logits.float()
+    ce = F.cross_entropy(flat.reshape(-1, flat.shape[-1]), labels.reshape(-1), reduction="none").view(labels.shape)
+    if teacher is not None and kd > 0:
+        soft = -(torch.softmax(teacher.float(), dim=-1) * torch.log_softmax(flat, dim=-1)).sum(dim=-1)
+        ce = (1 - kd) * ce + kd * soft
     offsets = torch.arange(1, drafter.cfg.block_size, device=tokens.device)
     w = torch.exp(-(offsets.float() - 1) / gamma)
     loss = (ce * w).sum(dim=-1).mean() / w.sum()

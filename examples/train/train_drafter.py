@@ -23,7 +23,9 @@
 3. Train (the rest of the time): per step, a batch of generated sequences and its cached
    hidden states (``--no-cache-features``: a fresh target forward per step); ``--anchors``
    random anchor positions per sequence (in the greedy part, as at inference) each give a
-   block; loss = CE of slots 1..B-1 weighted ``exp(-(k-1)/gamma)`` (``drafter.draft_loss``).
+   block; loss = CE of slots 1..B-1 weighted ``exp(-(k-1)/gamma)`` (``drafter.draft_loss``),
+   with ``--kd`` of it against the target's own distribution at each slot instead of its
+   greedy token (soft labels from the cached last-layer hidden states, ``teacher_logits``).
    Only ``fc``, the draft layers, the norms and the MASK embedding train; the target's
    embedding and lm_head are used frozen.
 4. Keep the weights with the best valid committed tokens per step *as the decoder walks*
@@ -59,7 +61,8 @@ from tilewarp.pipeline.dflash.draft_model import DraftModel
 
 from examples.train import data, eval_acceptance, export, loop, presets, prompts, tokenizer
 from examples.train.batches import encode_stream
-from examples.train.drafter import TrainableDrafter, decoder_walk, draft_loss, leading_commits, sample_anchors
+from examples.train.drafter import (TrainableDrafter, decoder_walk, draft_loss, leading_commits, sample_anchors,
+                                    teacher_logits)
 from examples.train.generate import generate, prompt_batches, prompt_chunks
 from examples.train.model import TargetLM
 from examples.train.state import load_state, save_state
@@ -105,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, typ in (("gen_frac", float), ("gen_batch", int), ("gen_len", int), ("greedy_frac", float),
                      ("sample_prefix", int), ("temperature", float), ("windows", int), ("batch", int),
                      ("anchors", int), ("lr", float), ("weight_decay", float), ("warmup", int), ("gamma", float),
-                     ("log_every", float)):
+                     ("kd", float), ("log_every", float)):
         p.add_argument("--" + key.replace("_", "-"), type=typ, default=None, help="default: the preset's")
     p.add_argument("--cache-features", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each generation's target hidden states on the device instead of a target "
@@ -301,6 +304,13 @@ def run(args: argparse.Namespace) -> DrafterResult:
     embed = target.model.embed_tokens.weight.detach()
     lm_head = target.lm_head_weight().detach()
     blk = dcfg.block_size
+    last_layer = weights.cfg.num_layers - 1
+    if hp["kd"] and last_layer not in layers:
+        raise SystemExit(f"--kd needs the target's last layer ({last_layer}) among the drafter's target layers "
+                         f"{layers}: the teacher's logits come from its cached hidden states")
+    if not 0 <= hp["kd"] <= 1:
+        raise SystemExit(f"--kd {hp['kd']}: the soft-label share must lie in [0, 1]")
+    final_norm = target.model.norm.weight.detach()
     if hp["sample_prefix"] > hp["gen_len"] - blk:
         raise SystemExit(f"--sample-prefix {hp['sample_prefix']} leaves no room for a block of {blk} in "
                          f"--gen-len {hp['gen_len']}")
@@ -340,7 +350,9 @@ def run(args: argparse.Namespace) -> DrafterResult:
         tokens, start, hidden = batch_of(target, gen, hp["batch"], layers, g, device)
         anchors = sample_anchors(tokens.shape[0], hp["anchors"], start, tokens.shape[1] - blk, g).to(device)
         with loop.autocast(device):
-            loss, stats = draft_loss(drafter, hidden, tokens, anchors, embed, lm_head, hp["gamma"])
+            teacher = teacher_logits(hidden[last_layer], anchors, blk, final_norm, weights.cfg.rms_eps, lm_head) \
+                if hp["kd"] else None
+            loss, stats = draft_loss(drafter, hidden, tokens, anchors, embed, lm_head, hp["gamma"], teacher, hp["kd"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)

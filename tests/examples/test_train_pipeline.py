@@ -32,7 +32,7 @@ import torch
 
 from examples.train import data, eval_acceptance, presets, prompts, tokenizer, train_drafter, train_target
 from examples.train.attention import attend, attend_one
-from examples.train.drafter import decoder_walk, draft_loss, leading_commits
+from examples.train.drafter import decoder_walk, draft_loss, leading_commits, teacher_logits
 from examples.train.export import load_drafter, load_target, save_drafter, save_target
 from examples.train.generate import generate, prompt_chunks
 from examples.train.model import TargetLM, export_numerics
@@ -221,6 +221,51 @@ def test_a_deeper_drafter_warm_starts_as_the_source_and_then_trains_its_new_laye
     deeper(hidden, anchors, emb).square().sum().backward()
     new = deeper.layers[-1]
     assert new.self_attn.o_proj.weight.grad.abs().sum() > 0 and new.mlp.down_proj.weight.grad.abs().sum() > 0
+
+
+def test_teacher_logits_are_the_targets_own_next_token_logits(target_run, prompt_ids):
+    """--kd's soft labels: slot k of a block at anchor a is the target's distribution at a + k - 1,
+    taken from the last layer's hidden states, so on greedy text its argmax is the label."""
+    weights = load_checkpoint(target_run.out)
+    model = load_target(weights)
+    seq = generate(model, torch.tensor([prompt_ids[:20]]), NEW)
+    last = weights.cfg.num_layers - 1
+    with torch.no_grad():
+        out = model(seq, return_hidden=(last,))
+    anchors = torch.tensor([[20, 25, 30]])
+    got = teacher_logits(out.hidden[last], anchors, 8, model.model.norm.weight, weights.cfg.rms_eps,
+                         model.lm_head_weight())
+    want = out.logits[0, anchors[0][:, None] + torch.arange(7)]
+    torch.testing.assert_close(got[0], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[0].argmax(-1), seq[0, anchors[0][:, None] + torch.arange(1, 8)])
+
+
+def test_kd_mixes_the_soft_labels_into_each_slots_loss(target_run, drafter_run):
+    """kd = 0 is the greedy-label loss whatever the teacher; kd = 1 against a teacher that is sure
+    of the labels is that loss too; a teacher that spreads its mass raises it."""
+    weights, dweights = load_checkpoint(target_run.out), load_draft_checkpoint(drafter_run.out)
+    target, drafter = load_target(weights), load_drafter(dweights)
+    embed, lm_head = weights.dense("model.embed_tokens.weight").float(), weights.lm_head().float()
+    seq = generate(target, torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]]), NEW)
+    a = torch.tensor([[8, 12]])
+    labels = seq[0, a[0][:, None] + torch.arange(1, 8)][None]
+    sure = torch.nn.functional.one_hot(labels, weights.cfg.vocab_size).float() * 1e4
+    with torch.no_grad():
+        hidden = target(seq, return_hidden=dweights.cfg.target_layer_ids, logits="none").hidden
+        hard, _ = draft_loss(drafter, hidden, seq, a, embed, lm_head, 4.0)
+        zero, _ = draft_loss(drafter, hidden, seq, a, embed, lm_head, 4.0, torch.zeros_like(sure), 0.0)
+        same, _ = draft_loss(drafter, hidden, seq, a, embed, lm_head, 4.0, sure, 1.0)
+        flat, _ = draft_loss(drafter, hidden, seq, a, embed, lm_head, 4.0, torch.zeros_like(sure), 1.0)
+    assert float(zero) == float(hard)
+    assert float(same) == pytest.approx(float(hard), rel=1e-5)
+    assert float(flat) > float(hard)
+
+
+def test_kd_is_refused_outside_zero_to_one(target_run, tmp_path):
+    args = train_drafter.parse_args(COMMON + ["--target", str(target_run.out), "--out", str(tmp_path / "d"),
+                                              "--kd", "1.5"])
+    with pytest.raises(SystemExit, match="--kd 1.5"):
+        train_drafter.run(args)
 
 
 def test_drafter_layers_option_keeps_the_budget():
