@@ -34,6 +34,7 @@
 #include "ops/export_hidden.cuh"
 #include "ops/argmax_rows.cuh"
 #include "ops/accept.cuh"
+#include "ops/copy_draft.cuh"
 
 #define TW_TRACE_WORDS 5
 // The loader warp's L2 prefetch at all, and for the expert ops (whose rows wait for the
@@ -57,7 +58,7 @@ __device__ __forceinline__ bool tw_small_op(int op) {
            op == TW_OP_MOE_COMBINE;
 }
 
-__device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_ACCEPT; }
+__device__ __forceinline__ bool tw_known_op(int op) { return op >= TW_OP_EMBED && op <= TW_OP_COPY_DRAFT; }
 
 __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a) {
     // GEMV ops decode into a TwGemv and share one executor (core/gemv_task.cuh).
@@ -82,6 +83,9 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
         case TW_OP_EXPORT_HIDDEN: tw_op_export_hidden(c, a); break;
         case TW_OP_ARGMAX_ROWS: tw_op_argmax_rows(c, a); break;
         case TW_OP_ACCEPT: tw_op_accept(c, a); break;
+#if TW_MAX_T <= TW_COPY_DRAFT_MAX_T
+        case TW_OP_COPY_DRAFT: tw_op_copy_draft(c, a); break;
+#endif
         default: break;
     }
     if (gemv) tw_gemv_run(c, g);

@@ -11,6 +11,7 @@ import torch
 from tilewarp.pipeline.counter_rng import sample_rows
 from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.dflash import program_loop
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.errors import InputError
 from tilewarp.pipeline.graph.dflash_step import build_dflash_step
@@ -72,25 +73,31 @@ class DFlashProgramBackend:
         self.draft.append_context(out.hidden, range(len(prompt)))
         first = sample_rows(out.logits[-1:].cpu(), seed, len(prompt), params.temperature)[0]
         yield [first]
+        history = list(prompt)            # what both caches hold: a copy-drafting program reads it
         anchor, left = first, params.max_tokens - 1
         while left > 0 and anchor not in params.stop_tokens:
-            for step in self._launch(anchor, left, params, seed):
+            for step in self._launch(anchor, left, params, seed, history):
                 yield step
                 left -= len(step)
+                history += [anchor] + step[:-1]
                 anchor = step[-1]
 
-    def _launch(self, anchor: int, left: int, params: SamplingParams, seed: int) -> list[list[int]]:
+    def _launch(self, anchor: int, left: int, params: SamplingParams, seed: int,
+                history: list[int]) -> list[list[int]]:
         """One launch's committed steps, cut by `program_loop` where the request ends."""
         self.launches += 1
         return program_loop.launch_steps(self.exec, anchor, left, self.draft.cfg.block_size,
                                          steps_per_launch=self.steps_per_launch, stop_tokens=params.stop_tokens,
-                                         seed=self.launches, temperature=params.temperature, sample_seed=seed)
+                                         seed=self.launches, temperature=params.temperature, sample_seed=seed,
+                                         history=list(history))
 
 
 class CpuDFlashBackend(DFlashProgramBackend):
     """DFlash through the chained dflash program on the CPU executor."""
 
-    def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16):
-        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity)))
+    def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16,
+                 copy: CopyDraft | None = None):
+        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity,
+                                                   copy=copy)))
         super().__init__(CpuExecutor(program, weights, target.cache, draft_weights=draft.weights,
                                      draft_cache=draft.cache), target, draft, steps_per_launch=steps_per_launch)

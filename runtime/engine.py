@@ -26,6 +26,7 @@ import torch
 from tilewarp.pipeline.checkpoint import load_checkpoint
 from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
 from tilewarp.pipeline.dflash.config import tiny_drafter
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.decoder import DFlashDecoder
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.weights import DraftWeights, random_draft_weights
@@ -79,10 +80,13 @@ class GenerationResult:
 class Engine:
     def __init__(self, weights: Weights, *, backend: Backend = "reference", capacity: int | None = None,
                  device: str | None = None, steps_per_call: int = 16, tokenizer_path: Path | None = None,
-                 drafter: DraftWeights | None = None):
+                 drafter: DraftWeights | None = None, copy_draft: CopyDraft | None = None):
         """`capacity`: KV cache positions (default min(4096, the model's context)); a prompt plus
         its `max_tokens` must fit in it (`room_needed`). `drafter`: decode with DFlash; it must
-        read this target's layers and share its vocabulary (checked here, before any work)."""
+        read this target's layers and share its vocabulary (checked here, before any work).
+        `copy_draft`: with a drafter, copy proposals from the context where it repeats
+        (`pipeline/dflash/copy_draft.py`, every backend the same rule). Off by default: the
+        shipped drafter copies as well by itself (held-out 4.310 -> 4.314 per step with it)."""
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
         if backend == "megakernel" and not torch.cuda.is_available():
@@ -109,16 +113,18 @@ class Engine:
         self.tokenizer: Tokenizer | None = _load_tokenizer(tokenizer_path) if tokenizer_path else None
         self.model = ReferenceModel(weights, capacity=self.capacity, device=device)
         self.drafter = drafter
+        self.copy_draft = copy_draft
         self.draft_model = (DraftModel(drafter.cfg, drafter, weights, capacity=self.capacity, device=device)
                             if drafter is not None else None)
         self._dflash: DFlashProgramBackend | None = None
         if backend == "cpu" and self.draft_model is not None:
             from . import cpu_backend   # lazily: the CPU executor is not needed by other backends
-            self._dflash = cpu_backend.CpuDFlashBackend(weights, self.model, self.draft_model, steps_per_launch=steps_per_call)
+            self._dflash = cpu_backend.CpuDFlashBackend(weights, self.model, self.draft_model,
+                                                        steps_per_launch=steps_per_call, copy=copy_draft)
         elif backend == "megakernel" and self.draft_model is not None:
             from .megakernel_dflash import MegakernelDFlashBackend
             self._dflash = MegakernelDFlashBackend(weights, self.model, self.draft_model,
-                                                   steps_per_launch=steps_per_call)
+                                                   steps_per_launch=steps_per_call, copy=copy_draft)
         if backend == "cpu":
             from .cpu_backend import CpuBackend
             self._backend = CpuBackend(weights, self.model.cache)
@@ -222,7 +228,8 @@ class Engine:
             steps = self._dflash.generate(prompt, params)
         else:
             assert self.draft_model is not None
-            steps = DFlashDecoder(self.model, self.draft_model, params).generate(prompt, params.max_tokens)
+            steps = DFlashDecoder(self.model, self.draft_model, params, self.copy_draft).generate(prompt,
+                                                                                                 params.max_tokens)
         chunk: list[int] | None = next(steps)
         t1 = time.perf_counter()
         self.last = GenerationResult([], len(prompt), t1 - t0, 0.0)

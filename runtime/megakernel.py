@@ -43,11 +43,30 @@ log = logging.getLogger("tilewarp.megakernel")
 #: Ops with a device implementation in csrc/ops (dispatched in csrc/megakernel.cu).
 GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_PARTIAL, Op.ATTN_MERGE, Op.ROUTE,
                      Op.EXPERT_UP, Op.EXPERT_DOWN, Op.MOE_COMBINE, Op.LM_HEAD, Op.SAMPLE, Op.DRAFT_EMBED,
-                     Op.DRAFT_ROPE_KV, Op.DRAFT_ATTN, Op.EXPORT_HIDDEN, Op.ARGMAX_ROWS, Op.ACCEPT})
+                     Op.DRAFT_ROPE_KV, Op.DRAFT_ATTN, Op.EXPORT_HIDDEN, Op.ARGMAX_ROWS, Op.ACCEPT,
+                     Op.COPY_DRAFT})
 SCRATCH_FLOATS = 12 * 1024   # mirrors TW_SCRATCH_FLOATS in csrc/core/context.cuh
 SMEM_BYTES = (2 * 16 + 44 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
 MAX_MERGE_V_DIM = 128   # mirrors TW_MERGE_DIMS * 32 in csrc/ops/attn_merge.cuh
+
+
+#: Most tokens per step of a build that carries COPY_DRAFT (TW_COPY_DRAFT_MAX_T in
+#: csrc/ops/copy_draft.cuh: the 16-token build has no registers to spare for it).
+COPY_DRAFT_MAX_T = 8
+
+
+def check_gpu_ops(program: Program) -> None:
+    """Refuse, before any upload, a program with an op that its build has no device code for."""
+    ops = {Op(int(o)) for o in np.unique(program.desc["op"])}
+    missing = {o.name for o in ops - GPU_OPS}
+    if missing:
+        raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")
+    if program.tokens > 16:
+        raise GraphError("the megakernel takes at most 16 tokens per step")
+    if Op.COPY_DRAFT in ops and max_t_bucket(program.tokens) > COPY_DRAFT_MAX_T:
+        raise DeviceError(f"copy drafting (COPY_DRAFT) runs in builds of at most {COPY_DRAFT_MAX_T} tokens per step; "
+                          f"this DFlash program has blocks of {program.tokens}: build it with copy=None")
 
 
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
@@ -160,11 +179,7 @@ class MegakernelRunner:
         if cache.k[0].device.type != "cuda":
             raise DeviceError("the KV cache must live on the GPU (build the reference model with device='cuda')")
         check_router(cfg)
-        missing = {Op(int(o)).name for o in np.unique(program.desc["op"])} - {o.name for o in GPU_OPS}
-        if missing:
-            raise DeviceError(f"the megakernel has no device code yet for op(s) {sorted(missing)}")
-        if program.tokens > 16:
-            raise GraphError("the megakernel takes at most 16 tokens per step")
+        check_gpu_ops(program)
         self._check_drafter(program)
         self.p, self.cfg, self.cache = program, cfg, cache
         self.dev = torch.device("cuda", device)

@@ -16,16 +16,17 @@ is the Engine backend over it, the `cpu_backend.CpuDFlashBackend` loop on the GP
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
 from tilewarp.pipeline.config import ModelConfig
 from tilewarp.pipeline.cpu_exec import check_drafter
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.kv_cache import DraftKVCache
-from tilewarp.pipeline.dflash.program_loop import begin_dflash_launch, end_dflash_launch
+from tilewarp.pipeline.dflash.program_loop import begin_dflash_launch, end_dflash_launch, history_words
 from tilewarp.pipeline.dflash.weights import DraftWeights
 from tilewarp.pipeline.errors import DeviceError, InputError
 from tilewarp.pipeline.graph.dflash_step import build_dflash_step
@@ -39,7 +40,7 @@ from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE
 from .cpu_backend import DFlashProgramBackend
-from .megakernel import MegakernelRunner
+from .megakernel import COPY_DRAFT_MAX_T, MegakernelRunner, log, max_t_bucket
 
 
 def draft_layer_table(cache: DraftKVCache) -> np.ndarray:
@@ -91,17 +92,22 @@ class MegakernelDFlashRunner(MegakernelRunner):
         return self.floats("draft_logits"), self.ints("tokens")[0, 1:].tolist()
 
     def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
-               temperature: float = 0.0, sample_seed: int = 0) -> list[list[int]]:
+               temperature: float = 0.0, sample_seed: int = 0, history: Sequence[int] | None = None
+               ) -> list[list[int]]:
         """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
         neither cache); returns the tokens each step committed (1..B each; the last one is
         the next anchor). Both caches end at the new position. At `temperature` > 0 the
         target's choices are counter-based samples (`counter_rng`) and acceptance is
         lossless for the argmax drafter. `seed` and `order` pick the CPU executor's worker
-        interleavings; the GPU has its own, so they are accepted and ignored."""
+        interleavings; the GPU has its own, so they are accepted and ignored. `history`: the
+        committed tokens both caches hold, for a program with copy drafting."""
         self._check_kind("dflash", "dflash")
         b = self.p.tokens
         pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
+        hist = history_words(self.p, history, pos, self.cfg.vocab_size)
         self._begin([anchor], pos, temperature, sample_seed)
+        if hist is not None:
+            self.arena.view(torch.int32)[hist[0]:hist[0] + pos] = hist[1].to(self.dev)
         self.launch(steps)
         end = int(self.arena.view(torch.int32)[self._state + STATE_POS])
         return end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
@@ -113,10 +119,14 @@ class MegakernelDFlashBackend(DFlashProgramBackend):
     on the GPU (contract 7)."""
 
     def __init__(self, weights: Weights, target: ReferenceModel, draft: DraftModel, *, steps_per_launch: int = 16,
-                 workers: int | None = None):
+                 workers: int | None = None, copy: CopyDraft | None = None):
         sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
-        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity),
-                                 DeviceModel(workers=workers or sms)))
+        if copy is not None and max_t_bucket(draft.cfg.block_size) > COPY_DRAFT_MAX_T:
+            log.warning("copy drafting is off: the megakernel carries COPY_DRAFT for blocks of at most %d tokens, "
+                        "this drafter's are %d", COPY_DRAFT_MAX_T, draft.cfg.block_size)
+            copy = None
+        program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity,
+                                                   copy=copy), DeviceModel(workers=workers or sms)))
         runner = MegakernelDFlashRunner(program, weights, target.cache, draft_weights=draft.weights,
                                         draft_cache=draft.cache)
         super().__init__(runner, target, draft, steps_per_launch=steps_per_launch)

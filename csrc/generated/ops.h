@@ -207,6 +207,19 @@
 #define TW_ACCEPT_OUT_OFF 4
 #define TW_ACCEPT_OUT_LD 5
 #define TW_ACCEPT_STATE_OFF 6
+#define TW_ACCEPT_HIST_OFF 7
+
+#define TW_OP_COPY_DRAFT 19
+#define TW_COPY_DRAFT_TOK_OFF 0
+#define TW_COPY_DRAFT_T 1
+#define TW_COPY_DRAFT_LOGITS_OFF 2
+#define TW_COPY_DRAFT_LOGITS_LD 3
+#define TW_COPY_DRAFT_V 4
+#define TW_COPY_DRAFT_HIST_OFF 5
+#define TW_COPY_DRAFT_STATE_OFF 6
+#define TW_COPY_DRAFT_MIN_MATCH 7
+#define TW_COPY_DRAFT_MAX_MATCH 8
+#define TW_COPY_DRAFT_CONFIDENT 9
 
 // Task descriptor: mirrors tilewarp.pipeline.lower.DESC_DTYPE (little-endian).
 #define TW_DESC_BYTES 128

@@ -11,6 +11,7 @@ this interpreter's stdlib if absent), ``--max-tokens`` tokens each, stopping at
 (the acceptance length, the goal's number), the histogram of 1..B, per-prompt means and
 tokens/s. ``--check-lossless N`` also decodes the first N prompts with the target alone
 and checks the outputs are identical (greedy DFlash must be exactly greedy decoding).
+``--copy-draft`` adds copy drafting (``pipeline/dflash/copy_draft.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from tilewarp.pipeline.checkpoint import load_checkpoint
 from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.decoder import DFlashDecoder, plain_decode
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.reference import ReferenceModel
@@ -112,7 +114,7 @@ def load_prompt_texts(target_dir: Path, n: int) -> list[str]:
 
 
 def evaluate(target_dir: str | Path, drafter_dir: str | Path, texts: list[str], *, max_tokens: int = 128,
-             device: str = "cpu", check_lossless: int = 0) -> Acceptance:
+             device: str = "cpu", check_lossless: int = 0, copy: CopyDraft | None = None) -> Acceptance:
     target_dir = Path(target_dir)
     weights = load_checkpoint(target_dir)
     tok = tokenizer.load_tokenizer(target_dir)
@@ -123,7 +125,7 @@ def evaluate(target_dir: str | Path, drafter_dir: str | Path, texts: list[str], 
     target = ReferenceModel(weights, capacity=capacity, device=device)
     draft = DraftModel(dcfg, dweights, weights, capacity=capacity, device=device)
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, stop_tokens=(tokenizer.eot_id(tok),))
-    decoder = DFlashDecoder(target, draft, params)
+    decoder = DFlashDecoder(target, draft, params, copy)
     result = Acceptance(dcfg.block_size, [0] * dcfg.block_size)
     lossless = True
     for i, ids in enumerate(encoded):
@@ -150,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--check-lossless", type=int, default=0, metavar="N")
+    p.add_argument("--copy-draft", action="store_true",
+                   help="copy proposals from the context where it repeats (pipeline/dflash/copy_draft.py)")
     p.add_argument("--show", type=int, default=1, help="print the generated text of the first N prompts")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     texts = load_prompt_texts(Path(args.target), args.prompts)
     result = evaluate(args.target, args.drafter, texts, max_tokens=args.max_tokens, device=args.device,
-                      check_lossless=args.check_lossless)
+                      check_lossless=args.check_lossless, copy=CopyDraft() if args.copy_draft else None)
     if args.show:
         show(args.target, args.drafter, texts[:args.show], args.max_tokens, args.device)
     for line in result.lines():

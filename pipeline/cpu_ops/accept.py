@@ -9,7 +9,8 @@ equals the proposal, else emit the sample: `shared/MODEL_FACTS.md`), so a sampli
 program changes what writes the choices, not this op.
 
 Writes out row STATE_STEP = [n + 1, committed tokens, -1 padding], the next anchor c_n
-to tok_off, and advances the state: position += n + 1 (the caches hold K/V for all t
+to tok_off (with hist_off >= 0, first the anchor and d_1..d_n into the token history at
+positions pos..pos+n, which COPY_DRAFT reads), and advances the state: position += n + 1 (the caches hold K/V for all t
 verified positions; moving the position back over the rejected ones is the rollback),
 step += 1.
 """
@@ -36,7 +37,11 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     row.fill_(-1)
     row[0] = len(committed)
     row[1:1 + len(committed)] = torch.tensor(committed, dtype=torch.int32)
-    ctx.ints(a["tok_off"], 1)[0] = committed[-1]
+    tok = ctx.ints(a["tok_off"], 1)
+    if a["hist_off"] >= 0:
+        kept = [int(tok[0])] + committed[:-1]
+        ctx.ints(a["hist_off"] + int(state[STATE_POS]), len(kept)).copy_(torch.tensor(kept, dtype=torch.int32))
+    tok[0] = committed[-1]
     state[STATE_POS] += len(committed)
     state[STATE_STEP] += 1
 

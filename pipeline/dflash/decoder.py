@@ -31,6 +31,7 @@ import torch
 from ..errors import InputError
 from ..reference import ReferenceModel, StepOutput, TokenIds
 from ..sampling import SamplingParams, probabilities
+from .copy_draft import CopyDraft, confident_rows, copied_prefix
 from .draft_model import DraftOutput
 from .verify import categorical, sample_proposals, verify_block
 
@@ -107,10 +108,12 @@ class StepRecord:
 class DFlashDecoder:
     """Generates with a target and a DFlash drafter; lossless with respect to the target.
 
-    One request at a time: ``start`` (or ``generate``) resets both models' caches.
+    One request at a time: ``start`` (or ``generate``) resets both models' caches. With
+    ``copy`` (`copy_draft.CopyDraft`), proposals are copied from the context where it
+    repeats itself (the proposal distribution of a copied slot is one-hot: still lossless).
     """
 
-    def __init__(self, target: Target, draft: Drafter, params: SamplingParams):
+    def __init__(self, target: Target, draft: Drafter, params: SamplingParams, copy: CopyDraft | None = None):
         params.check_vocab(target.cfg.vocab_size)
         draft.cfg.check_target(target.cfg)
         self.target = target
@@ -125,6 +128,8 @@ class DFlashDecoder:
             self.generator.manual_seed(params.seed)
         self.stats = AcceptanceStats(self.block_size)
         self.last_step: StepRecord | None = None
+        self.copy = copy
+        self._history: list[int] = []   # the committed tokens both caches hold (prompt, then output)
         self._anchor = -1
         self._left = 0               # tokens the request may still emit
         self._done = True
@@ -163,6 +168,7 @@ class DFlashDecoder:
         n = self.target.position
         self.draft.append_context(out.hidden, range(n))
         first = self._pick(out.logits[-1])
+        self._history = [int(t) for t in prompt]
         self._anchor, self._left = first, left - 1
         self._done = self._left == 0 or first in self.params.stop_tokens
         return first
@@ -178,6 +184,8 @@ class DFlashDecoder:
         size = min(self.block_size, self._left)           # verify never computes a token past max_tokens
         draft = self.draft.propose(self._anchor, position)
         proposals, q = sample_proposals(draft.proposal_logits[:size - 1], self.params, self.generator)
+        if self.copy is not None:
+            proposals, q = self._copied(draft.proposal_logits[:size - 1], proposals, q)
         block = [self._anchor] + proposals
         out = self.target.verify(block, return_hidden=self.layers)
         verdict = verify_block(proposals, q, out.logits, self.params, self.generator)
@@ -187,6 +195,7 @@ class DFlashDecoder:
         self.draft.truncate(kept)
         self.stats.record(len(verdict.tokens))
         committed = self._cut(verdict.tokens)
+        self._history += block[:1 + verdict.accepted]
         self._anchor = committed[-1]
         self._left -= len(committed)
         self._done = self._done or self._left == 0
@@ -196,6 +205,19 @@ class DFlashDecoder:
         return self.last_step
 
     # ---------------------------------------------------------------- pieces
+    def _copied(self, logits: torch.Tensor, proposals: list[int], q: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """Copy drafting over the drafter's proposals; a copied slot's q is one-hot."""
+        assert self.copy is not None
+        prefix = copied_prefix(self._history + [self._anchor], logits.argmax(dim=-1).tolist(),
+                               confident_rows(logits, self.copy.confident_permille), self.copy)
+        if not prefix:
+            return proposals, q
+        k = len(prefix)
+        q = q.clone()
+        q[:k] = 0.0
+        q[torch.arange(k), prefix] = 1.0
+        return prefix + proposals[k:], q
+
     def _pick(self, logits: torch.Tensor) -> int:
         """One token from the target's logits ``[V]`` (the first token, from the prefill)."""
         if self.params.greedy:

@@ -13,10 +13,15 @@ token is dropped from the output; the request ends there, so the caches need no 
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
+
+import torch
 
 from ..errors import DeviceError, InputError
 from ..kv_cache import KVCache
+
+if TYPE_CHECKING:
+    from ..lower import Program
 
 
 def begin_dflash_launch(steps: int, max_steps: int, cache: KVCache, draft_cache, block_size: int) -> int:
@@ -45,19 +50,36 @@ def end_dflash_launch(rows, end: int, pos: int, cache: KVCache, draft_cache, blo
     return committed
 
 
+def history_words(p: "Program", history: Sequence[int] | None, pos: int, vocab: int) -> tuple[int, torch.Tensor] | None:
+    """What to write before a launch of a program with copy drafting (COPY_DRAFT reads the
+    committed tokens 0..pos-1 from its carried `history`, which ACCEPT only extends): the
+    buffer's arena offset and the tokens as int32; None for a program without copy drafting."""
+    if "copy_draft" not in p.meta:
+        return None
+    if history is None or len(history) != pos:
+        raise InputError(f"this DFlash program copies from the context: pass history= the {pos} committed tokens "
+                         f"both caches hold, got {'none' if history is None else len(history)}")
+    words = torch.tensor(list(history), dtype=torch.int32)
+    bad = words[(words < 0) | (words >= vocab)]
+    if bad.numel():
+        raise InputError(f"history: token ids {bad[:4].tolist()} outside [0, {vocab})")
+    return p.buffer("history").offset, words
+
+
 class DFlashExecutor(Protocol):
     cache: KVCache
 
     def dflash(self, anchor: int, steps: int, *, seed: int = 0, temperature: float = 0.0,
-               sample_seed: int = 0) -> list[list[int]]: ...
+               sample_seed: int = 0, history: Sequence[int] | None = None) -> list[list[int]]: ...
 
 
 def launch_steps(ex: DFlashExecutor, anchor: int, left: int, block_size: int, *, steps_per_launch: int = 16,
                  stop_tokens: Iterable[int] = (), seed: int = 0, temperature: float = 0.0,
-                 sample_seed: int = 0) -> list[list[int]]:
+                 sample_seed: int = 0, history: Sequence[int] | None = None) -> list[list[int]]:
     """One launch from `anchor`: the tokens each of its steps committed, cut where the
     request ends (`left` tokens still wanted, or a stop token, which is kept). Streaming
-    callers call this launch by launch; `generate` loops it to the end of a request."""
+    callers call this launch by launch; `generate` loops it to the end of a request.
+    `history`: the committed tokens before the anchor (programs with copy drafting)."""
     if left < 1 or steps_per_launch < 1:
         raise InputError(f"left={left} and steps_per_launch={steps_per_launch} must be >= 1")
     room = (ex.cache.capacity - ex.cache.length) // block_size
@@ -67,7 +89,8 @@ def launch_steps(ex: DFlashExecutor, anchor: int, left: int, block_size: int, *,
     stops = frozenset(stop_tokens)
     steps = min(steps_per_launch, max(1, left // block_size), room)
     out: list[list[int]] = []
-    for committed in ex.dflash(anchor, steps, seed=seed, temperature=temperature, sample_seed=sample_seed):
+    for committed in ex.dflash(anchor, steps, seed=seed, temperature=temperature, sample_seed=sample_seed,
+                               history=history):
         cut = _cut(committed[:left], stops)
         out.append(cut)
         left -= len(cut)
@@ -78,11 +101,12 @@ def launch_steps(ex: DFlashExecutor, anchor: int, left: int, block_size: int, *,
 
 def generate(ex: DFlashExecutor, first: int, max_tokens: int, block_size: int, *, steps_per_launch: int = 16,
              stop_tokens: Iterable[int] = (), seed: int = 0, temperature: float = 0.0,
-             sample_seed: int = 0) -> list[list[int]]:
+             sample_seed: int = 0, prompt: Sequence[int] | None = None) -> list[list[int]]:
     """Tokens committed per step, starting with `[first]` (the prefill's token, which
     neither cache holds yet), until `max_tokens` tokens or a stop token. `temperature`,
     `sample_seed`: the programs' counter-based sampling (`counter_rng`); `seed` only
-    picks the executor's worker interleavings (varied per launch)."""
+    picks the executor's worker interleavings (varied per launch). `prompt`: the prefilled
+    tokens, which a program with copy drafting needs (its history)."""
     if max_tokens < 1 or steps_per_launch < 1:
         raise InputError(f"max_tokens={max_tokens} and steps_per_launch={steps_per_launch} must be >= 1")
     stops = frozenset(stop_tokens)
@@ -90,8 +114,10 @@ def generate(ex: DFlashExecutor, first: int, max_tokens: int, block_size: int, *
     left = max_tokens - 1
     launch = 0
     while left > 0 and out[-1][-1] not in stops:
+        history = None if prompt is None else list(prompt) + [t for r in out for t in r][:-1]
         rows = launch_steps(ex, out[-1][-1], left, block_size, steps_per_launch=steps_per_launch,
-                            stop_tokens=stops, seed=seed + launch, temperature=temperature, sample_seed=sample_seed)
+                            stop_tokens=stops, seed=seed + launch, temperature=temperature, sample_seed=sample_seed,
+                            history=history)
         out += rows
         left -= sum(len(r) for r in rows)
         launch += 1

@@ -51,10 +51,10 @@ def check_drafter(g: Graph, dcfg: DraftConfig) -> None:
 
 
 def draft_pass(g: Graph, dcfg: DraftConfig, tok: Buffer, state: Buffer, pol: TilePolicy,
-               layer0: int) -> list[Buffer]:
+               layer0: int) -> tuple[list[Buffer], Buffer]:
     """Block `[tokens[0], MASK x (B-1)]` through the drafter; proposals into tokens[1:B],
     their logits into the carried `draft_logits [B-1, V]`. Task layers layer0 ..
-    layer0 + num_layers + 1. Returns each draft layer's cache buffer."""
+    layer0 + num_layers + 1. Returns each draft layer's cache buffer, and `draft_logits`."""
     t, hid = g.tokens, dcfg.hidden_size
     x = g.buffer("D0.x", t, hid)
     emb = g.weight("embed", "bf16", rows=g.cfg.vocab_size, cols=hid)
@@ -76,7 +76,7 @@ def draft_pass(g: Graph, dcfg: DraftConfig, tok: Buffer, state: Buffer, pol: Til
     g.task(Op.ARGMAX_ROWS, {"best_off": At(best), "n_tiles": n_tiles, "t": t - 1, "out_off": At(tok, 0, 1)},
            reads=[best.tile()], writes=[tok.tile(0, 1, 1, t)], stage="D.propose", layer=head,
            cost=Cost(n_tiles * (t - 1) * 8))
-    return caches
+    return caches, logits
 
 
 def draft_layer(g: Graph, dcfg: DraftConfig, i: int, x: Buffer, state: Buffer, pol: TilePolicy,

@@ -41,6 +41,7 @@ class Op(IntEnum):
     EXPORT_HIDDEN = 16 # out[t, c0:c1] = x[t, c0:c1]: a target layer's output into the drafter's input
     ARGMAX_ROWS = 17   # reduce tile maxima -> token per row (no state change)
     ACCEPT = 18        # greedy DFlash acceptance: commit, next anchor, advance the position
+    COPY_DRAFT = 19    # copy drafting: proposals from the context where it repeats (dflash/copy_draft.py)
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,15 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
            "copy columns c0:c1 of t rows (out_off points at the layer's column block of the export)"),
     OpSpec(Op.ARGMAX_ROWS, ("best_off", "n_tiles", "t", "out_off"),
            "greedy token per row from tile maxima (lowest id among equal maxima), as int32 at out_off"),
-    OpSpec(Op.ACCEPT, ("prop_off", "choice_off", "t", "tok_off", "out_off", "out_ld", "state_off"),
+    OpSpec(Op.ACCEPT, ("prop_off", "choice_off", "t", "tok_off", "out_off", "out_ld", "state_off", "hist_off"),
            "accept proposals while they equal the target's choice; commit them plus the target's next "
-           "choice; write the count and tokens to out row STATE_STEP, the next anchor to tok_off; advance"),
+           "choice; write the count and tokens to out row STATE_STEP, the next anchor to tok_off; advance; "
+           "with hist_off >= 0, the anchor and the accepted proposals into the token history at pos.."),
+    OpSpec(Op.COPY_DRAFT, ("tok_off", "t", "logits_off", "logits_ld", "v", "hist_off", "state_off", "min_match",
+                           "max_match", "confident"),
+           "the latest earlier occurrence of the longest suffix (min_match..max_match tokens) of history[0:pos] "
+           "+ the anchor tokens[0]; what followed it replaces proposals tokens[1:t] slot by slot until the "
+           "draft row's softmax maximum is >= confident / 1000 for another token"),
 )}
 
 for _spec in OPS.values():

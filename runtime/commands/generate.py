@@ -11,6 +11,7 @@ from tilewarp.pipeline.errors import InputError
 from tilewarp.pipeline.sampling import SamplingParams
 
 from tilewarp.pipeline.dflash.checkpoint import load_draft_checkpoint
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.weights import DraftWeights
 
 from ..engine import BACKENDS, Engine
@@ -35,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
     p.add_argument("--drafter", default=None, metavar="DIR|random",
                    help="decode with DFlash: a drafter checkpoint directory, or 'random' (with --preset: a random "
                    "tiny drafter, which commits about one token per step); reports committed tokens per step")
+    p.add_argument("--copy-draft", action="store_true",
+                   help="with --drafter: copy proposals from the context where it repeats (prompt lookup; "
+                   "pipeline/dflash/copy_draft.py), lossless, the same rule on every backend")
     p.add_argument("--device", default=None, help="torch device for prefill and the reference backend "
                    "(default: cuda for --backend megakernel, else cpu)")
     return "generate"
@@ -108,7 +112,8 @@ class _TextStream:
 
 def run(args: argparse.Namespace) -> int:
     params = _sampling_params(args)
-    kw = {"backend": args.backend, "capacity": args.capacity, "device": args.device}
+    kw = {"backend": args.backend, "capacity": args.capacity, "device": args.device,
+          "copy_draft": CopyDraft() if args.copy_draft else None}
     try:
         engine = _engine(args, kw)
     except InputError as e:
@@ -147,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
 def _engine(args: argparse.Namespace, kw: dict) -> Engine:
     """The Engine the arguments name; `--drafter random` only with `--preset`, since a random
     drafter of a trained target's shape is not something anyone has asked to measure."""
+    if args.copy_draft and args.drafter is None:
+        raise InputError("--copy-draft: only with --drafter (copying fills a DFlash drafter's block)")
     if args.preset:
         drafter: bool | DraftWeights = False
         if args.drafter == "random":

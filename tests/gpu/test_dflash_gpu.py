@@ -5,6 +5,8 @@
   arena reuse on both executors from the same caches, every buffer compared under the
   bound of the op that wrote it (as test_ops_gpu.py does), integer buffers (proposals,
   choices, committed rows, state, anchor) exactly, both caches to within one bf16 rounding;
+* with copy drafting (COPY_DRAFT, over a planted history that repeats), three chained
+  steps commit what the CPU executor's commit, the token history ACCEPT extends included;
 * greedy DFlash through the megakernel commits exactly the tokens of plain greedy decoding
   (the reference) over 96 tokens, several steps per launch; and through the Engine;
 * sampled DFlash (temperature 0.8, fixed sample_seed) commits, step for step, the tokens
@@ -23,6 +25,7 @@ import torch
 from tilewarp.pipeline.counter_rng import sample_rows
 from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.dflash.config import tiny_drafter
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft, copy_source
 from tilewarp.pipeline.dflash.decoder import plain_decode
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.kv_cache import DraftKVCache
@@ -185,12 +188,21 @@ def compare_caches(cpu: CpuExecutor, gpu) -> None:
 
 
 # ------------------------------------------------------------------ op by op
-@pytest.mark.parametrize("kind", ["draft", "verify", "dflash", "dflash-sampled"])
+def copy_history(first: int) -> list[int]:
+    """40 tokens (the prompt's length) in which PROMPT[8:12] + [first] occurred before, then
+    PROMPT[8:12] again at the end: the suffix with the anchor matches 5 tokens back there."""
+    head = PROMPT[:8] + PROMPT[8:12] + [first] + PROMPT[13:24]
+    return head + PROMPT[24:36] + PROMPT[8:12]
+
+
+@pytest.mark.parametrize("kind", ["draft", "verify", "dflash", "dflash-sampled", "dflash-copy"])
 def test_every_dflash_op_equals_the_cpu_executor(gpu, weights, dweights, kind):
     if kind == "draft":
         g = build_draft_step(CFG, DCFG, capacity=CAP)
     elif kind == "verify":
         g = build_verify_step(CFG, B, capacity=CAP, export_layers=DCFG.target_layer_ids)
+    elif kind == "dflash-copy":   # confident at 0.3: the rows' confidence decides where copies stop
+        g = build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft(min_match=1, confident_permille=300))
     else:
         g = build_dflash_step(CFG, DCFG, capacity=CAP)
     p = program(g, reuse_arena=False)
@@ -207,6 +219,12 @@ def test_every_dflash_op_equals_the_cpu_executor(gpu, weights, dweights, kind):
         assert got == want
         for layer, h in cpu.hidden().items():
             assert float((mk.hidden()[layer].cpu() - h).norm() / h.norm()) <= BOUNDS[Op.EXPORT_HIDDEN], layer
+    elif kind == "dflash-copy":
+        hist = copy_history(first)
+        assert copy_source(hist + [first], 1, 16) == 13, "the planted history makes COPY_DRAFT copy"
+        want = cpu.dflash(first, 3, history=hist)
+        got = mk.dflash(first, 3, history=hist)
+        assert got == want
     else:
         temp = TEMP if kind == "dflash-sampled" else 0.0
         want = cpu.dflash(first, 2, temperature=temp, sample_seed=SAMPLE_SEED)
@@ -219,7 +237,8 @@ def test_every_dflash_op_equals_the_cpu_executor(gpu, weights, dweights, kind):
     worst = compare_arenas(p, cpu, mk, B)
     compare_caches(cpu, mk)
     ops = {Op(int(o)) for o in p.desc["op"]}
-    assert {o.name for o in ops} <= set(worst) | {"ARGMAX_ROWS", "ACCEPT", "ROUTE", "SAMPLE"}, "every op was compared"
+    assert {o.name for o in ops} <= set(worst) | {"ARGMAX_ROWS", "ACCEPT", "ROUTE", "SAMPLE", "COPY_DRAFT"}, \
+        "every op was compared"
     print(kind, {k: f"{v:.1e}" for k, v in worst.items()})
 
 

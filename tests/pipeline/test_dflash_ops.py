@@ -36,7 +36,7 @@ def ctx(words: int = 256, draft: bool = False) -> Ctx:
 # ------------------------------------------------------------------ ACCEPT
 PROP, CHOICE, TOK, STATE, OUT = 0, 16, 32, 48, 64
 ARGS = {"prop_off": PROP, "choice_off": CHOICE, "t": B, "tok_off": TOK, "out_off": OUT, "out_ld": B + 1,
-        "state_off": STATE}
+        "state_off": STATE, "hist_off": -1}
 
 
 def one_hot_rows(choices: list[int]) -> torch.Tensor:

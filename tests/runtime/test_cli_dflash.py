@@ -181,6 +181,8 @@ def test_generate_with_a_random_drafter_prints_the_same_tokens_and_committed_per
     assert rc == 0 and "committed tokens per step" not in err
     rc, dflash, err = _run(capsys, args + ["--drafter", "random"])
     assert rc == 0 and dflash == plain
+    rc, copied, _ = _run(capsys, args + ["--drafter", "random", "--copy-draft"])
+    assert rc == 0 and copied == plain
     assert "tokens/s" in err
     m = COMMITTED.search(err)
     assert m, err
@@ -205,6 +207,7 @@ def test_generate_reads_a_drafter_checkpoint(capsys, tmp_path: Path):
     pytest.param(["--backend", "megakernel", "--drafter", "random"], "needs a CUDA GPU", marks=NO_GPU),
     (["--drafter", "/nonexistent/drafter"], "not a drafter checkpoint directory"),
     (["--drafter", "random", "--max-tokens", str(CAPACITY - 5)], "last DFlash block"),
+    (["--copy-draft"], "--copy-draft: only with --drafter"),
 ])
 def test_generate_refuses_bad_drafter_requests(capsys, extra, message):
     rc, _, err = _run(capsys, ["generate", "--preset", "tiny", "--capacity", str(CAPACITY),

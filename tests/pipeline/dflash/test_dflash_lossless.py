@@ -20,6 +20,7 @@ import torch
 
 from dflash_toys import TableDraft, TableTarget
 from tilewarp.pipeline.dflash import verify as verify_mod
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.decoder import DFlashDecoder
 from tilewarp.pipeline.dflash.verify import categorical, verify_sampling
 from tilewarp.pipeline.sampling import SamplingParams, probabilities
@@ -113,9 +114,9 @@ DRAFT_LOGITS[:, 1] = TARGET_LOGITS + 0.5 * torch.randn(V, V, generator=CHAIN)
 PROMPT = [2, 5, 0]
 
 
-def pair_counts(params: SamplingParams, trials: int) -> tuple[torch.Tensor, list[int]]:
+def pair_counts(params: SamplingParams, trials: int, copy: CopyDraft | None = None) -> tuple[torch.Tensor, list[int]]:
     """counts[k, a, b]: runs whose generated tokens k+1, k+2 were a, b; plus the step histogram."""
-    decoder = DFlashDecoder(TableTarget(TARGET_LOGITS), TableDraft(DRAFT_LOGITS), params)
+    decoder = DFlashDecoder(TableTarget(TARGET_LOGITS), TableDraft(DRAFT_LOGITS), params, copy)
     counts = torch.zeros(STEPS_OUT - 1, V, V)
     histogram = [0] * B
     for _ in range(trials):
@@ -143,6 +144,17 @@ def test_dflash_generation_follows_the_target_chain(name):
     params = PARAMS[name]
     counts, histogram = pair_counts(params, trials=5_000)
     assert histogram[0] > 0 and histogram[B - 1] > 0 and sum(histogram[1:B - 1]) > 0, histogram
+    laws = chain_pair_laws(params)
+    for k in range(STEPS_OUT - 1):
+        assert chi_square_p_value(counts[k], laws[k]) > PASS, f"tokens {k + 1}, {k + 2} do not follow the chain"
+
+
+def test_dflash_generation_with_copy_drafting_follows_the_target_chain():
+    """Copied proposals (one-hot q: `copy_draft.py`) on a 6-token vocabulary, where a one-token
+    suffix almost always has an earlier occurrence, so most blocks start with a copy."""
+    params = PARAMS["temperature-0.7-top-k-4-top-p-0.9"]
+    counts, histogram = pair_counts(params, trials=5_000, copy=CopyDraft(min_match=1, confident_permille=1000))
+    assert histogram[0] > 0 and sum(histogram[1:]) > 0, histogram
     laws = chain_pair_laws(params)
     for k in range(STEPS_OUT - 1):
         assert chi_square_p_value(counts[k], laws[k]) > PASS, f"tokens {k + 1}, {k + 2} do not follow the chain"

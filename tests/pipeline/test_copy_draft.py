@@ -1,0 +1,202 @@
+"""Copy drafting (`pipeline/dflash/copy_draft.py`): the rule, and its three homes agreeing.
+
+* the rule: the latest earlier occurrence of the longest suffix (min..max tokens) is the
+  source; its continuation replaces proposals slot by slot until the drafter is confident
+  of another token;
+* the reference decoder with copying is still exactly greedy decoding, and copies;
+* the COPY_DRAFT op in the chained DFlash program on the CPU executor proposes what the
+  reference rule proposes, and the whole program commits, step for step, what the
+  reference decoder with copying commits (`tests/gpu/test_dflash_gpu.py` ties the GPU to
+  the CPU executor);
+* bad policies and missing histories are refused; the megakernel refuses the op where
+  its build does not carry it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tilewarp.pipeline.cpu_exec import CpuExecutor
+from tilewarp.pipeline.dflash.config import tiny_drafter
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft, confident_rows, copied_prefix, copy_source
+from tilewarp.pipeline.dflash.decoder import DFlashDecoder, plain_decode
+from tilewarp.pipeline.dflash.draft_model import DraftModel
+from tilewarp.pipeline.dflash.program_loop import generate
+from tilewarp.pipeline.dflash.weights import random_draft_weights
+from tilewarp.pipeline.errors import DeviceError, InputError
+from tilewarp.pipeline.graph.dflash_step import build_dflash_step
+from tilewarp.pipeline.graph.ops import Op
+from tilewarp.pipeline.lower import lower
+from tilewarp.pipeline.presets import preset
+from tilewarp.pipeline.random_model import random_weights
+from tilewarp.pipeline.reference import ReferenceModel
+from tilewarp.pipeline.sampling import SamplingParams
+from tilewarp.pipeline.schedule import DeviceModel, schedule
+
+CFG = preset("tiny")
+DCFG = tiny_drafter(CFG)
+B = DCFG.block_size
+N = 128
+#: A prompt that repeats itself, so copying has something to copy from the first step on.
+UNIT = torch.randint(0, CFG.vocab_size, (13,), generator=torch.Generator().manual_seed(5)).tolist()
+PROMPT = UNIT * 3 + UNIT[:4]
+CAP = len(PROMPT) + N + 2 * B
+ALWAYS = CopyDraft(min_match=2, confident_permille=1000)   # never confident enough to refuse a copy
+#: On the random tiny pair over this prompt: EAGER copies at 27 steps; PICKY at 10, and its
+#: confidence test says yes 517 times (the default copies at none: random text rarely repeats).
+EAGER = CopyDraft(min_match=1, confident_permille=1000)
+PICKY = CopyDraft(min_match=1, confident_permille=300)
+
+
+# ------------------------------------------------------------------ the rule
+def test_the_source_is_the_latest_earlier_occurrence_of_the_longest_suffix():
+    seq = [1, 2, 3, 9, 2, 3, 7, 1, 2, 3]
+    assert copy_source(seq, 1, 16) == 3                  # [1, 2, 3] at 0..2 beats [2, 3] at 4..5
+    assert copy_source(seq, 4, 16) is None               # no earlier run of 4
+    assert copy_source([5, 6, 5, 6, 5, 6], 2, 16) == 4   # overlapping runs: the latest end
+    assert copy_source(seq, 1, 2) == 6                   # capped at 2: the latest [2, 3] wins
+    assert copy_source([4], 1, 16) is None
+
+
+def test_copying_stops_at_the_first_slot_the_drafter_is_confident_of_another_token():
+    seq = [1, 2, 3, 40, 41, 42, 43, 1, 2, 3]            # the copy is 40, 41, 42, 43, 1, 2, 3
+    argmax = [40, 99, 99, 99, 99, 99, 99]
+    pol = CopyDraft(min_match=3)
+    assert copied_prefix(seq, argmax, [False] * 7, pol) == [40, 41, 42, 43, 1, 2, 3]
+    assert copied_prefix(seq, argmax, [True, True, False, False, False, False, False], pol) == [40]
+    assert copied_prefix(seq, argmax, [False, False, True, False, False, False, False], pol) == [40, 41]
+    assert copied_prefix([1, 2, 3, 40, 1, 2, 3], argmax, [False] * 7, pol) == [40, 1, 2, 3]   # ends at the anchor
+    assert copied_prefix([7, 1, 2, 3], argmax, [False] * 7, pol) == []
+
+
+def test_confidence_is_the_softmax_maximum_against_the_threshold():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]])   # maxima 0.965 and 1/3
+    assert confident_rows(logits, 900) == [True, False]
+    assert confident_rows(logits, 300) == [True, True]
+    assert confident_rows(logits, 1000) == [False, False]
+
+
+@pytest.mark.parametrize("kw", [dict(min_match=0), dict(min_match=5, max_match=4), dict(max_match=65),
+                                dict(confident_permille=1001), dict(confident_permille=-1)])
+def test_a_bad_policy_is_refused(kw):
+    with pytest.raises(InputError, match="copy drafting"):
+        CopyDraft(**kw)
+
+
+# ------------------------------------------------------------------ reference decoder
+@pytest.fixture(scope="module")
+def weights():
+    return random_weights(CFG, 0)
+
+
+@pytest.fixture(scope="module")
+def dweights():
+    return random_draft_weights(DCFG, 1)
+
+
+def reference_steps(weights, dweights, copy: CopyDraft | None) -> list[list[int]]:
+    dec = DFlashDecoder(ReferenceModel(weights, capacity=CAP), DraftModel(DCFG, dweights, weights, capacity=CAP),
+                        SamplingParams(max_tokens=N), copy)
+    return list(dec.generate(PROMPT, N))
+
+
+def test_greedy_dflash_with_copying_is_greedy_decoding(weights, dweights):
+    greedy = plain_decode(ReferenceModel(weights, capacity=CAP), PROMPT, SamplingParams(max_tokens=N))
+    for copy in (EAGER, PICKY, CopyDraft()):
+        assert [t for s in reference_steps(weights, dweights, copy) for t in s] == greedy
+
+
+class LoopingTarget(ReferenceModel):
+    """The reference target, except that its logits say: continue the prompt's period (the
+    loops a small target's greedy text falls into), whatever the weights say."""
+
+    def _loop(self, out, n: int):
+        pos = torch.arange(self.position - n, self.position) + 1
+        out.logits = torch.full_like(out.logits, -10.0)
+        out.logits[torch.arange(n), torch.tensor(UNIT)[pos % len(UNIT)]] = 10.0
+        return out
+
+    def prefill(self, ids, **kw):
+        return self._loop(super().prefill(ids, **kw), len(ids))
+
+    def verify(self, tokens, **kw):
+        return self._loop(super().verify(tokens, **kw), len(tokens))
+
+
+def test_copying_commits_whole_blocks_where_the_target_loops(weights, dweights):
+    """A random drafter proposes noise; with copying, a target that repeats the prompt's
+    period gets its blocks proposed whole (the default policy lets this random drafter
+    overrule the copy where it is confident, so it commits fewer)."""
+    steps = {}
+    for name, copy in (("plain", None), ("always", ALWAYS), ("default", CopyDraft())):
+        dec = DFlashDecoder(LoopingTarget(weights, capacity=CAP), DraftModel(DCFG, dweights, weights, capacity=CAP),
+                            SamplingParams(max_tokens=N), copy)
+        steps[name] = list(dec.generate(PROMPT, N))
+        assert [t for s in steps[name] for t in s] == (UNIT * 20)[len(PROMPT) % 13:][:N]
+    assert len(steps["always"]) == 1 + -(-(N - 1) // B)
+    assert len(steps["always"]) <= len(steps["default"]) < 30 < 100 < len(steps["plain"])
+
+
+# ------------------------------------------------------------------ the program
+def dflash_executor(weights, dweights, copy: CopyDraft) -> tuple[CpuExecutor, int]:
+    p = lower(schedule(build_dflash_step(CFG, DCFG, capacity=CAP, copy=copy), DeviceModel(workers=8)))
+    ref = ReferenceModel(weights, capacity=CAP)
+    out = ref.prefill(PROMPT, return_hidden=DCFG.target_layer_ids)
+    drafter = DraftModel(DCFG, dweights, weights, capacity=CAP)
+    drafter.append_context(out.hidden, range(len(PROMPT)))
+    ex = CpuExecutor(p, weights, ref.cache, draft_weights=dweights, draft_cache=drafter.cache)
+    return ex, int(out.logits[-1].argmax())
+
+
+def test_copy_draft_proposes_what_the_rule_proposes(weights, dweights, monkeypatch):
+    ex, first = dflash_executor(weights, dweights, ALWAYS)
+    seen: list[tuple[list[int], list[int]]] = []
+    from tilewarp.pipeline import cpu_ops
+    real = cpu_ops.IMPLS[Op.COPY_DRAFT]
+
+    def spy(ctx, a):
+        before = ctx.ints(a["tok_off"], B).tolist()
+        real(ctx, a)
+        seen.append((before, ctx.ints(a["tok_off"], B).tolist()))
+
+    monkeypatch.setitem(cpu_ops.IMPLS, Op.COPY_DRAFT, spy)
+    anchor = UNIT[len(PROMPT) % len(UNIT)]          # the anchor that continues the prompt's period
+    ex.dflash(anchor, 1, history=PROMPT)
+    (before, after), = seen
+    assert after == [anchor] + copied_prefix(PROMPT + [anchor], before[1:], [False] * (B - 1), ALWAYS)
+    assert after[1:] == (UNIT * 5)[len(PROMPT) + 1:][:B - 1] != before[1:]
+
+
+@pytest.mark.parametrize("copy", [EAGER, PICKY, CopyDraft()], ids=["eager", "picky", "default"])
+def test_the_chained_program_with_copying_commits_what_the_reference_decoder_commits(weights, dweights, copy):
+    ex, first = dflash_executor(weights, dweights, copy)
+    got = generate(ex, first, N, B, steps_per_launch=6, prompt=PROMPT)
+    assert got == reference_steps(weights, dweights, copy)
+
+
+def test_the_history_accept_keeps_is_the_committed_text(weights, dweights):
+    ex, first = dflash_executor(weights, dweights, ALWAYS)
+    steps = ex.dflash(first, 4, history=PROMPT)
+    committed = [first] + [t for s in steps for t in s]
+    assert ex.ints("history")[0, :ex.cache.length].tolist() == PROMPT + committed[:-1]
+
+
+def test_a_copying_program_needs_the_history(weights, dweights):
+    ex, first = dflash_executor(weights, dweights, ALWAYS)
+    with pytest.raises(InputError, match="pass history= the 43 committed tokens"):
+        ex.dflash(first, 1)
+    with pytest.raises(InputError, match="pass history="):
+        ex.dflash(first, 1, history=PROMPT[:-1])
+    with pytest.raises(InputError, match="outside"):
+        ex.dflash(first, 1, history=PROMPT[:-1] + [CFG.vocab_size])
+    assert ex.steps_done == 0
+
+
+def test_the_megakernel_refuses_copy_drafting_in_its_16_token_build():
+    from tilewarp.runtime.megakernel import check_gpu_ops
+    check_gpu_ops(lower(schedule(build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft()))))
+    wide = DCFG.replace(block_size=16)
+    p = lower(schedule(build_dflash_step(CFG, wide, capacity=CAP + 16, copy=CopyDraft())))
+    with pytest.raises(DeviceError, match="at most 8 tokens per step; this DFlash program has blocks of 16"):
+        check_gpu_ops(p)
