@@ -111,7 +111,7 @@ PRESETS: dict[str, Preset] = {
                           qat_frac=0.5, router_bias_rate=1e-3, eval_every=10.0, log_every=20.0),
         drafter_train=dict(gen_frac=0.2, gen_batch=512, gen_len=160, greedy_frac=0.5, sample_prefix=24,
                            temperature=0.8, windows=30_000, batch=64, anchors=32, lr=2e-3, weight_decay=0.01,
-                           warmup=200, gamma=4.0, kd=0.0, log_every=20.0),
+                           warmup=200, gamma=4.0, kd=0.5, log_every=20.0),
     ),
     "toy": Preset(
         "toy", 512, toy_target, toy_drafter, max_files=60,
