@@ -17,19 +17,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from test_dflash_programs import dweights, weights  # noqa: F401  (fixtures)
 from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.dflash.config import tiny_drafter
 from tilewarp.pipeline.dflash.copy_draft import CopyDraft, confident_rows, copied_prefix, copy_source
 from tilewarp.pipeline.dflash.decoder import DFlashDecoder, plain_decode
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.program_loop import generate
-from tilewarp.pipeline.dflash.weights import random_draft_weights
 from tilewarp.pipeline.errors import DeviceError, InputError
 from tilewarp.pipeline.graph.dflash_step import build_dflash_step
 from tilewarp.pipeline.graph.ops import Op
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
-from tilewarp.pipeline.random_model import random_weights
 from tilewarp.pipeline.reference import ReferenceModel
 from tilewarp.pipeline.sampling import SamplingParams
 from tilewarp.pipeline.schedule import DeviceModel, schedule
@@ -85,14 +84,7 @@ def test_a_bad_policy_is_refused(kw):
 
 
 # ------------------------------------------------------------------ reference decoder
-@pytest.fixture(scope="module")
-def weights():
-    return random_weights(CFG, 0)
-
-
-@pytest.fixture(scope="module")
-def dweights():
-    return random_draft_weights(DCFG, 1)
+# The random tiny pair (fixtures `weights`, `dweights`) of the DFlash program tests.
 
 
 def reference_steps(weights, dweights, copy: CopyDraft | None) -> list[list[int]]:
