@@ -10,9 +10,9 @@ program changes what writes the choices, not this op.
 
 Writes out row STATE_STEP = [n + 1, committed tokens, -1 padding], the next anchor c_n
 to tok_off (with hist_off >= 0, first the anchor and d_1..d_n into the token history at
-positions pos..pos+n, which COPY_DRAFT reads), and advances the state: position += n + 1 (the caches hold K/V for all t
-verified positions; moving the position back over the rejected ones is the rollback),
-step += 1.
+positions pos..pos+n, which COPY_DRAFT reads), and advances the state: position += n + 1
+(the caches hold K/V for all t verified positions; moving the position back over the
+rejected ones is the rollback), step += 1.
 """
 
 import torch
