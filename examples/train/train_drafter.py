@@ -20,6 +20,8 @@
    the training device (``Generated.features``): the target does not train, so they are the
    same every time a sequence is drawn, and recomputing them per step cost 35-58% of a step
    on the CPU (README, "Next run").
+   With ``--refresh-every N`` one more batch is generated every N training steps and
+   replaces the oldest, so training keeps seeing new sequences at the cache's size.
 3. Train (the rest of the time): per step, a batch of generated sequences and its cached
    hidden states (``--no-cache-features``: a fresh target forward per step); ``--anchors``
    random anchor positions per sequence (in the greedy part, as at inference) each give a
@@ -114,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep each generation's target hidden states on the device instead of a target "
                         "forward per step (stdlib-256: 2 KB per token in bf16)")
     p.add_argument("--drafter-layers", type=int, default=None, help="draft layers (default: the preset's)")
+    p.add_argument("--refresh-every", type=int, default=0, metavar="STEPS",
+                   help="every STEPS training steps, replace the oldest generation batch by a new one (fresh "
+                        "sequences while training; 0: the first generations only)")
     p.add_argument("--eval-every", type=float, default=60.0, help="seconds between valid evaluations")
     p.add_argument("--valid-batches", type=int, default=None,
                    help="valid generation batches of up to 32 prompts (default: every valid prompt)")
@@ -322,9 +327,13 @@ def run(args: argparse.Namespace) -> DrafterResult:
     valid = generate_set(target, prompt_chunks(valid_pool, min(hp["gen_batch"], 32)), args.valid_batches, None,
                          hp["gen_len"], 1.0, 0, 0.0, device, g, cache_layers)
     gen_budget = loop.Budget(args.minutes * hp["gen_frac"])
-    gen = generate_set(target, prompt_batches(train_pool, hp["gen_batch"], generator=g), args.max_gen_batches,
-                       gen_budget, hp["gen_len"], hp["greedy_frac"], hp["sample_prefix"], hp["temperature"],
-                       device, g, cache_layers)
+    batches = prompt_batches(train_pool, hp["gen_batch"], generator=g)
+
+    def generate_batches(count: int | None, within: loop.Budget | None) -> list[Generated]:
+        return generate_set(target, batches, count, within, hp["gen_len"], hp["greedy_frac"], hp["sample_prefix"],
+                            hp["temperature"], device, g, cache_layers)
+
+    gen = generate_batches(args.max_gen_batches, gen_budget)
     result = DrafterResult(out=out, sequences=sum(item.tokens.shape[0] for item in gen))
     cached = sum(feature_bytes(item) for item in gen + valid)
     say(f"[generate] {result.sequences} sequences ({len(gen)} batches of {hp['gen_batch']}, {hp['gen_len']} new "
@@ -359,6 +368,10 @@ def run(args: argparse.Namespace) -> DrafterResult:
         opt.step()
         result.steps += 1
         result.losses.append(stats.loss)
+        if args.refresh_every and result.steps % args.refresh_every == 0:
+            gen.pop(0)                     # the oldest batch makes room: the cache keeps its size
+            gen += generate_batches(1, None)
+            result.sequences += gen[-1].tokens.shape[0]
         last = budget.done or (args.max_steps is not None and result.steps - start_step >= args.max_steps)
         if next(log_tick) or last:
             now = time.perf_counter()
@@ -389,7 +402,7 @@ def run(args: argparse.Namespace) -> DrafterResult:
         result.acceptance = acc.mean
         for line in acc.lines():
             say("[eval] " + line)
-    say(f"[done] {result.steps} steps, {budget.elapsed:.0f} s")
+    say(f"[done] {result.steps} steps, {result.sequences} generated sequences, {budget.elapsed:.0f} s")
     result.drafter = drafter
     return result
 

@@ -261,6 +261,15 @@ def test_kd_mixes_the_soft_labels_into_each_slots_loss(target_run, drafter_run):
     assert float(flat) > float(hard)
 
 
+def test_refresh_replaces_the_oldest_generation_batch_while_training(target_run, tmp_path):
+    args = train_drafter.parse_args(COMMON + [
+        "--target", str(target_run.out), "--out", str(tmp_path / "d"), "--max-gen-batches", "2", "--gen-batch", "4",
+        "--gen-len", "32", "--batch", "4", "--anchors", "4", "--valid-batches", "1", "--eval-every", "1000",
+        "--refresh-every", "5"])
+    result = train_drafter.run(args)
+    assert result.steps == 20 and result.sequences == 4 * (2 + 4)
+
+
 def test_kd_is_refused_outside_zero_to_one(target_run, tmp_path):
     args = train_drafter.parse_args(COMMON + ["--target", str(target_run.out), "--out", str(tmp_path / "d"),
                                               "--kd", "1.5"])
