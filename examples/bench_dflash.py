@@ -4,7 +4,9 @@ same run, both on the megakernel (greedy, so both give the same tokens; the scri
     python examples/bench_dflash.py --target models/stdlib-256/target --drafter models/stdlib-256/drafter
 
 Per mode: decode tokens/s (prefill excluded: the PyTorch prefill is the same for both),
-mean committed tokens per DFlash step, and the speed-up. Each prompt runs once to warm up
+mean committed tokens per DFlash step, and the speed-up. ``--copy-draft`` adds a third
+mode, DFlash with copy drafting (`pipeline/dflash/copy_draft.py`: one more task between the
+draft and the verify pass, and more tokens per step where the text repeats). Each prompt runs once to warm up
 (kernel build and load, caches), then `--repeats` times timed.
 """
 
@@ -15,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.sampling import SamplingParams
 from tilewarp.runtime.engine import Engine
 
@@ -48,21 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps-per-call", type=int, default=16, help="steps chained per kernel launch")
     ap.add_argument("--backend", default="megakernel", choices=("megakernel", "cpu"),
                     help="cpu: the CPU executor (checks the script anywhere; its speed means little)")
+    ap.add_argument("--copy-draft", action="store_true", help="also time DFlash with copy drafting")
     args = ap.parse_args(argv)
     plain = Engine.from_checkpoint(args.target, backend=args.backend, steps_per_call=args.steps_per_call)
-    dflash = Engine.from_checkpoint(args.target, drafter_path=args.drafter, backend=args.backend,
-                                    steps_per_call=args.steps_per_call)
+    modes = {"dflash": None, **({"dflash+copy": CopyDraft()} if args.copy_draft else {})}
     prompts = [plain.encode(t) for t in load_prompt_texts(args.target, args.prompts)]
     plain_rate, plain_out, _ = run(plain, prompts, args.max_tokens, args.repeats)
-    df_rate, df_out, committed = run(dflash, prompts, args.max_tokens, args.repeats)
-    same = plain_out == df_out
-    mean = sum(committed) / max(len(committed), 1)
     print(f"{plain.cfg.name}: {len(prompts)} held-out prompts x {args.max_tokens} tokens, greedy, "
           f"{args.repeats} timed repeats, {args.steps_per_call} steps per launch")
-    print(f"{'mode':10s} {'tokens/s':>10s} {'committed/step':>15s}")
-    print(f"{'plain':10s} {plain_rate:10.1f} {1.0:15.2f}")
-    print(f"{'dflash':10s} {df_rate:10.1f} {mean:15.2f}")
-    print(f"speed-up {df_rate / plain_rate:.2f}x; DFlash tokens identical to plain greedy: {same}")
+    print(f"{'mode':12s} {'tokens/s':>10s} {'committed/step':>15s} {'speed-up':>9s}")
+    print(f"{'plain':12s} {plain_rate:10.1f} {1.0:15.2f} {1.0:8.2f}x")
+    same = True
+    for name, copy in modes.items():
+        engine = Engine.from_checkpoint(args.target, drafter_path=args.drafter, backend=args.backend,
+                                        steps_per_call=args.steps_per_call, copy_draft=copy)
+        rate, out, committed = run(engine, prompts, args.max_tokens, args.repeats)
+        same &= out == plain_out
+        mean = sum(committed) / max(len(committed), 1)
+        print(f"{name:12s} {rate:10.1f} {mean:15.2f} {rate / plain_rate:8.2f}x")
+    print(f"DFlash tokens identical to plain greedy: {same}")
     return 0 if same else 1
 
 

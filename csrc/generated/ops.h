@@ -219,7 +219,7 @@
 #define TW_COPY_DRAFT_STATE_OFF 6
 #define TW_COPY_DRAFT_MIN_MATCH 7
 #define TW_COPY_DRAFT_MAX_MATCH 8
-#define TW_COPY_DRAFT_CONFIDENT 9
+#define TW_COPY_DRAFT_TRUST 9
 
 // Task descriptor: mirrors tilewarp.pipeline.lower.DESC_DTYPE (little-endian).
 #define TW_DESC_BYTES 128

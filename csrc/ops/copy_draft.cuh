@@ -2,12 +2,14 @@
 // pipeline/cpu_ops/copy_draft.py). The sequence is the token history at 0..pos-1 (the host
 // writes it before a launch, ACCEPT extends it) and the anchor tokens[0] at pos. Find the
 // latest end e < pos + 1 of an earlier occurrence of the longest suffix (min_match..max_match
-// tokens); then, slot by slot, the tokens from e on replace the drafter's argmax proposals
-// tokens[1..t-1] until a slot whose draft row is confident (softmax maximum >= confident /
-// 1000, i.e. confident * sum(exp(l - max)) <= 1000) of another token.
+// tokens); its continuation (round the loop of period pos + 1 - e where it reaches the
+// anchor) replaces the first k proposals tokens[1..k], k the copy length
+// with the largest expected accepted length: sum_j prod_{i<=j} f_i, f_i = trust + (1 - trust)
+// * p_i(copy token) on copied slots, the row's softmax maximum on kept ones (largest k among
+// equals; trust in thousandths).
 // All compute threads: the match lengths over every end (reduced per warp), one warp per
-// draft row, one barrier, then thread 0 writes the copy. The history, tokens and logits come
-// from other SMs: L2 loads.
+// draft row for its maximum and exp-sum, one barrier, then thread 0 scores the lengths. The
+// history, tokens and logits come from other SMs: L2 loads.
 #pragma once
 #include "core/context.cuh"
 
@@ -29,10 +31,13 @@ __device__ void tw_op_copy_draft(const TwCtx& c, const int* a) {
     const int anchor = tw_ldi(tok);
     // seq(i): the history below pos, the anchor at pos.
     auto seq = [&](int i) { return i < pos ? tw_ldi(hist + i) : anchor; };
-    // Scratch words: per compute warp its best (length << 24 | end), then one confidence
-    // flag per draft row. One barrier: each warp reduces its own ends.
+    // Scratch: per compute warp its best (length << 24 | end), then per draft row its
+    // maximum logit, 1 / sum(exp(l - max)) and (thread 0's) copied-slot factor. One
+    // barrier: each warp reduces its own ends.
     int* s_best = reinterpret_cast<int*>(c.s_scratch);
-    int* s_conf = s_best + TW_WARPS;
+    float* s_max = reinterpret_cast<float*>(s_best + TW_WARPS);
+    float* s_inv = s_max + TW_COPY_DRAFT_MAX_T;
+    float* s_copied = s_inv + TW_COPY_DRAFT_MAX_T;
     const int suf_n = min(max_m, pos);   // the suffix never reaches index 0 (an occurrence must end earlier)
 
     // Ends e in [1, pos]: how many tokens before e equal the suffix's, backwards.
@@ -45,7 +50,7 @@ __device__ void tw_op_copy_draft(const TwCtx& c, const int* a) {
     best = __reduce_max_sync(0xffffffffu, best);
     if (tw_lane() == 0) s_best[tw_warp()] = best;
 
-    // Confidence of each draft row (slot 1 + r): the softmax maximum of its logits.
+    // Each draft row (slot 1 + r): its maximum and the inverse of its exp-sum.
     for (int r = tw_warp(); r < t - 1; r += TW_WARPS) {
         const float* row = logits + r * ld;
         float mx = -INFINITY;
@@ -54,7 +59,7 @@ __device__ void tw_op_copy_draft(const TwCtx& c, const int* a) {
         float sum = 0.f;
         for (int j = tw_lane(); j < v; j += 32) sum += expf(tw_ld(row + j) - mx);
         sum = tw_warp_sum(sum);
-        if (tw_lane() == 0) s_conf[r] = sum * (float)a[TW_COPY_DRAFT_CONFIDENT] <= 1000.f;
+        if (tw_lane() == 0) { s_max[r] = mx; s_inv[r] = 1.f / sum; }
     }
     tw_sync();
 
@@ -62,10 +67,22 @@ __device__ void tw_op_copy_draft(const TwCtx& c, const int* a) {
     for (int w = 0; w < TW_WARPS; ++w) best = max(best, s_best[w]);
     const int len = best >> 24, e = best & 0xffffff;
     if (len < min_m || len == 0) return;
-    for (int i = 0; i < t - 1 && e + i <= pos; ++i) {
-        const int src = seq(e + i);
-        if (s_conf[i] && tw_ldi(tok + 1 + i) != src) break;
-        tok[1 + i] = src;
+    const int n = t - 1, period = pos + 1 - e;   // a copy that reaches the anchor goes round the loop
+    const float trust = (float)a[TW_COPY_DRAFT_TRUST] / 1000.f;
+    for (int i = 0; i < n; ++i) {
+        const float p = expf(tw_ld(logits + i * ld + seq(e + i % period)) - s_max[i]) * s_inv[i];
+        s_copied[i] = __fadd_rn(trust, __fmul_rn(1.f - trust, p));   // no FMA: as the CPU rounds
     }
+    float top = -1.f;
+    int k_best = 0;
+    for (int k = 0; k <= n; ++k) {
+        float score = 0.f, run = 1.f;
+        for (int i = 0; i < n; ++i) {
+            run = __fmul_rn(run, i < k ? s_copied[i] : s_inv[i]);
+            score += run;
+        }
+        if (score >= top) { top = score; k_best = k; }
+    }
+    for (int i = 0; i < k_best; ++i) tok[1 + i] = seq(e + i % period);
 }
 #endif

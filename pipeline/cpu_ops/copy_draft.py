@@ -1,7 +1,7 @@
 """COPY_DRAFT: copy drafting inside the chained DFlash program (`dflash/copy_draft.py`).
 
 Runs after the draft pass's ARGMAX_ROWS: tokens[0] is the anchor, tokens[1:t] the
-drafter's argmax proposals, the draft logits rows 0..t-2 their distributions, and the
+drafter's proposals, the draft logits rows 0..t-2 their distributions, and the
 token history holds the committed context at positions 0..pos-1 (ACCEPT appends to it).
 The proposals are replaced by the copy the reference decoder makes, before the target
 verifies the block.
@@ -9,7 +9,7 @@ verifies the block.
 
 import torch
 
-from ..dflash.copy_draft import CopyDraft, confident_rows, copied_prefix
+from ..dflash.copy_draft import CopyDraft, copied_prefix
 from .context import Ctx
 
 
@@ -18,6 +18,5 @@ def run(ctx: Ctx, a: dict[str, int]) -> None:
     tok = ctx.ints(a["tok_off"], t)
     seq = ctx.ints(a["hist_off"], pos).tolist() + [int(tok[0])]
     logits = ctx.rows(a["logits_off"], a["logits_ld"], t - 1, a["v"])
-    policy = CopyDraft(a["min_match"], a["max_match"], a["confident"])
-    prefix = copied_prefix(seq, tok[1:].tolist(), confident_rows(logits, policy.confident_permille), policy)
+    prefix = copied_prefix(seq, logits, CopyDraft(a["min_match"], a["max_match"], a["trust"]))
     tok[1:1 + len(prefix)] = torch.tensor(prefix, dtype=torch.int32)

@@ -31,7 +31,7 @@ import torch
 from ..errors import InputError
 from ..reference import ReferenceModel, StepOutput, TokenIds
 from ..sampling import SamplingParams, probabilities
-from .copy_draft import CopyDraft, confident_rows, copied_prefix
+from .copy_draft import CopyDraft, copied_prefix
 from .draft_model import DraftOutput
 from .verify import categorical, sample_proposals, verify_block
 
@@ -208,8 +208,7 @@ class DFlashDecoder:
     def _copied(self, logits: torch.Tensor, proposals: list[int], q: torch.Tensor) -> tuple[list[int], torch.Tensor]:
         """Copy drafting over the drafter's proposals; a copied slot's q is one-hot."""
         assert self.copy is not None
-        prefix = copied_prefix(self._history + [self._anchor], logits.argmax(dim=-1).tolist(),
-                               confident_rows(logits, self.copy.confident_permille), self.copy)
+        prefix = copied_prefix(self._history + [self._anchor], logits, self.copy)
         if not prefix:
             return proposals, q
         k = len(prefix)

@@ -65,11 +65,11 @@ def _copy_draft(g: Graph, copy: CopyDraft, tok: Buffer, draft_logits: Buffer, st
     """COPY_DRAFT after the draft pass's proposals; returns the carried token history it reads."""
     b = g.tokens
     hist = g.buffer("history", 1, g.capacity, "i32", kind="carried")
-    g.meta["copy_draft"] = [copy.min_match, copy.max_match, copy.confident_permille]
+    g.meta["copy_draft"] = [copy.min_match, copy.max_match, copy.trust_permille]
     g.task(Op.COPY_DRAFT, {"tok_off": At(tok), "t": b, "logits_off": At(draft_logits), "logits_ld": Ld(draft_logits),
                            "v": g.cfg.vocab_size, "hist_off": At(hist), "state_off": At(state),
                            "min_match": copy.min_match, "max_match": copy.max_match,
-                           "confident": copy.confident_permille},
+                           "trust": copy.trust_permille},
            reads=[tok.tile(), draft_logits.tile(), hist.tile(), state.tile()], writes=[tok.tile(0, 1, 1, b)],
            stage="D.copy", layer=layer, cost=Cost(4 * g.capacity + 4 * (b - 1) * g.cfg.vocab_size))
     return hist

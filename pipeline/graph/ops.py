@@ -104,10 +104,11 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
            "choice; write the count and tokens to out row STATE_STEP, the next anchor to tok_off; advance; "
            "with hist_off >= 0, the anchor and the accepted proposals into the token history at pos.."),
     OpSpec(Op.COPY_DRAFT, ("tok_off", "t", "logits_off", "logits_ld", "v", "hist_off", "state_off", "min_match",
-                           "max_match", "confident"),
+                           "max_match", "trust"),
            "the latest earlier occurrence of the longest suffix (min_match..max_match tokens) of history[0:pos] "
-           "+ the anchor tokens[0]; what followed it replaces proposals tokens[1:t] slot by slot until the "
-           "draft row's softmax maximum is >= confident / 1000 for another token"),
+           "+ the anchor tokens[0]; what followed it replaces the first k proposals tokens[1:1+k], k the copy "
+           "length with the largest expected accepted length under the draft rows (trust / 1000: the copy's "
+           "prior)"),
 )}
 
 for _spec in OPS.values():

@@ -1,5 +1,5 @@
 """examples/bench_dflash.py, the GPU DFlash-vs-plain benchmark, runs end to end on the CPU
-executor with the committed pair: both modes decode the same held-out prompts, the
+executor with the committed pair: every mode (plain, DFlash, DFlash with copy drafting) decodes the same held-out prompts, the
 script reports the DFlash steps' mean commit and exits 0 only when DFlash wrote exactly
 plain greedy's tokens."""
 
@@ -18,9 +18,10 @@ pytestmark = pytest.mark.skipif(not (PAIR / "drafter").is_dir(), reason="models/
 
 def test_the_dflash_benchmark_runs_on_the_cpu_and_checks_dflash_equals_plain_greedy(capsys):
     rc = bench_dflash.main(["--target", str(PAIR / "target"), "--drafter", str(PAIR / "drafter"), "--backend", "cpu",
-                            "--prompts", "1", "--max-tokens", "12", "--repeats", "1"])
+                            "--prompts", "1", "--max-tokens", "12", "--repeats", "1", "--copy-draft"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "DFlash tokens identical to plain greedy: True" in out
-    dflash_line = next(line for line in out.splitlines() if line.startswith("dflash"))
-    assert float(dflash_line.split()[-1]) >= 1.0   # committed tokens per DFlash step
+    for mode in ("dflash ", "dflash+copy "):
+        line = next(line for line in out.splitlines() if line.startswith(mode))
+        assert float(line.split()[2]) >= 1.0   # committed tokens per DFlash step

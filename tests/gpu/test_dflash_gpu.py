@@ -201,8 +201,8 @@ def test_every_dflash_op_equals_the_cpu_executor(gpu, weights, dweights, kind):
         g = build_draft_step(CFG, DCFG, capacity=CAP)
     elif kind == "verify":
         g = build_verify_step(CFG, B, capacity=CAP, export_layers=DCFG.target_layer_ids)
-    elif kind == "dflash-copy":   # confident at 0.3: the rows' confidence decides where copies stop
-        g = build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft(min_match=1, confident_permille=300))
+    elif kind == "dflash-copy":   # trust 0.3: the rows' probabilities decide how much is copied
+        g = build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft(min_match=1, trust_permille=300))
     else:
         g = build_dflash_step(CFG, DCFG, capacity=CAP)
     p = program(g, reuse_arena=False)

@@ -1,8 +1,9 @@
 """Copy drafting (`pipeline/dflash/copy_draft.py`): the rule, and its three homes agreeing.
 
 * the rule: the latest earlier occurrence of the longest suffix (min..max tokens) is the
-  source; its continuation replaces proposals slot by slot until the drafter is confident
-  of another token;
+  source; the first k tokens of its continuation (round the loop where it reaches the
+  anchor) replace the proposals, k the copy length with the largest expected accepted
+  length under the draft rows and the copy's trust;
 * the reference decoder with copying is still exactly greedy decoding, and copies;
 * the COPY_DRAFT op in the chained DFlash program on the CPU executor proposes what the
   reference rule proposes, and the whole program commits, step for step, what the
@@ -20,7 +21,7 @@ import torch
 from test_dflash_programs import dweights, weights  # noqa: F401  (fixtures)
 from tilewarp.pipeline.cpu_exec import CpuExecutor
 from tilewarp.pipeline.dflash.config import tiny_drafter
-from tilewarp.pipeline.dflash.copy_draft import CopyDraft, confident_rows, copied_prefix, copy_source
+from tilewarp.pipeline.dflash.copy_draft import CopyDraft, copied_prefix, copy_length, copy_source, slot_probabilities
 from tilewarp.pipeline.dflash.decoder import DFlashDecoder, plain_decode
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.program_loop import generate
@@ -41,11 +42,12 @@ N = 128
 UNIT = torch.randint(0, CFG.vocab_size, (13,), generator=torch.Generator().manual_seed(5)).tolist()
 PROMPT = UNIT * 3 + UNIT[:4]
 CAP = len(PROMPT) + N + 2 * B
-ALWAYS = CopyDraft(min_match=2, confident_permille=1000)   # never confident enough to refuse a copy
-#: On the random tiny pair over this prompt: EAGER copies at 27 steps; PICKY at 10, and its
-#: confidence test says yes 517 times (the default copies at none: random text rarely repeats).
-EAGER = CopyDraft(min_match=1, confident_permille=1000)
-PICKY = CopyDraft(min_match=1, confident_permille=300)
+ALWAYS = CopyDraft(min_match=2, trust_permille=1000)   # a copied slot is certain: copy all of it
+#: On the random tiny pair over this prompt: EAGER copies the whole source at all 27 steps
+#: that have one; PICKY, whose trust the drafter's probabilities often beat, has a source at
+#: 31 steps and copies all of it at 7, part at 3, none at 21.
+EAGER = CopyDraft(min_match=1, trust_permille=1000)
+PICKY = CopyDraft(min_match=1, trust_permille=300)
 
 
 # ------------------------------------------------------------------ the rule
@@ -58,26 +60,47 @@ def test_the_source_is_the_latest_earlier_occurrence_of_the_longest_suffix():
     assert copy_source([4], 1, 16) is None
 
 
-def test_copying_stops_at_the_first_slot_the_drafter_is_confident_of_another_token():
+def test_the_copy_length_maximises_the_expected_accepted_length():
+    # Copy tokens the drafter gives no chance (chosen 0): a copied slot is worth `trust`.
+    assert copy_length([0.6] * 7, [0.0] * 7, 900) == 7          # 0.9 a slot beats 0.6
+    assert copy_length([0.6] * 7, [0.0] * 7, 500) == 0          # 0.5 does not
+    assert copy_length([0.3] + [0.95] * 6, [0.0] * 7, 500) == 1  # copy where the drafter is unsure only
+    # It looks ahead: one copied slot alone is worse (0.5 < 0.6), all three are better
+    # (0.5 + 0.25 + 0.125 > 0.6 + 0.12 + 0.024).
+    assert copy_length([0.6, 0.2, 0.2], [0.0] * 3, 500) == 3
+    # A copy token that is the drafter's own best (chosen == best) is free to take: among
+    # equal lengths the longest wins.
+    assert copy_length([0.9, 0.5, 0.5], [0.9, 0.1, 0.1], 0) == 1
+    assert copy_length([0.99] * 7, [0.0] * 3, 1000) == 3         # certain copies; the copy is 3 long
+
+
+def test_slot_probabilities_are_the_softmax_maximum_and_the_copy_tokens_share():
+    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 2.0, 0.0]])
+    best, chosen = slot_probabilities(logits, [1, 2])
+    soft = torch.softmax(logits, dim=-1)
+    assert best == pytest.approx(soft.max(dim=-1).values.tolist(), rel=1e-6)
+    assert chosen == pytest.approx([soft[0, 1].item(), soft[1, 2].item()], rel=1e-6)
+
+
+def test_the_copy_replaces_the_first_proposals_where_it_pays():
     seq = [1, 2, 3, 40, 41, 42, 43, 1, 2, 3]            # the copy is 40, 41, 42, 43, 1, 2, 3
-    argmax = [40, 99, 99, 99, 99, 99, 99]
+    v = 128
+    unsure = torch.zeros(7, v)                            # uniform rows: 1/128 a slot
+    sure = torch.full((7, v), -20.0)
+    sure[:, 99] = 20.0                                    # certain of token 99 everywhere
     pol = CopyDraft(min_match=3)
-    assert copied_prefix(seq, argmax, [False] * 7, pol) == [40, 41, 42, 43, 1, 2, 3]
-    assert copied_prefix(seq, argmax, [True, True, False, False, False, False, False], pol) == [40]
-    assert copied_prefix(seq, argmax, [False, False, True, False, False, False, False], pol) == [40, 41]
-    assert copied_prefix([1, 2, 3, 40, 1, 2, 3], argmax, [False] * 7, pol) == [40, 1, 2, 3]   # ends at the anchor
-    assert copied_prefix([7, 1, 2, 3], argmax, [False] * 7, pol) == []
-
-
-def test_confidence_is_the_softmax_maximum_against_the_threshold():
-    logits = torch.tensor([[4.0, 0.0, 0.0], [1.0, 1.0, 1.0]])   # maxima 0.965 and 1/3
-    assert confident_rows(logits, 900) == [True, False]
-    assert confident_rows(logits, 300) == [True, True]
-    assert confident_rows(logits, 1000) == [False, False]
+    assert copied_prefix(seq, unsure, pol) == [40, 41, 42, 43, 1, 2, 3]
+    assert copied_prefix(seq, sure, pol) == []
+    mixed = sure.clone()
+    mixed[:2] = 0.0                                       # unsure of the first two slots only
+    assert copied_prefix(seq, mixed, pol) == [40, 41]
+    # The source runs into the anchor: the text loops with period 4, and the copy goes round.
+    assert copied_prefix([1, 2, 3, 40, 1, 2, 3], unsure, pol) == [40, 1, 2, 3, 40, 1, 2]
+    assert copied_prefix([7, 1, 2, 3], unsure, pol) == []
 
 
 @pytest.mark.parametrize("kw", [dict(min_match=0), dict(min_match=5, max_match=4), dict(max_match=65),
-                                dict(confident_permille=1001), dict(confident_permille=-1)])
+                                dict(trust_permille=1001), dict(trust_permille=-1)])
 def test_a_bad_policy_is_refused(kw):
     with pytest.raises(InputError, match="copy drafting"):
         CopyDraft(**kw)
@@ -119,7 +142,7 @@ class LoopingTarget(ReferenceModel):
 def test_copying_commits_whole_blocks_where_the_target_loops(weights, dweights):
     """A random drafter proposes noise; with copying, a target that repeats the prompt's
     period gets its blocks proposed whole (the default policy lets this random drafter
-    overrule the copy where it is confident, so it commits fewer)."""
+    overrule the copy where it is sure of other tokens, so it commits fewer)."""
     steps = {}
     for name, copy in (("plain", None), ("always", ALWAYS), ("default", CopyDraft())):
         dec = DFlashDecoder(LoopingTarget(weights, capacity=CAP), DraftModel(DCFG, dweights, weights, capacity=CAP),
@@ -127,7 +150,8 @@ def test_copying_commits_whole_blocks_where_the_target_loops(weights, dweights):
         steps[name] = list(dec.generate(PROMPT, N))
         assert [t for s in steps[name] for t in s] == (UNIT * 20)[len(PROMPT) % 13:][:N]
     assert len(steps["always"]) == 1 + -(-(N - 1) // B)
-    assert len(steps["always"]) <= len(steps["default"]) < 30 < 100 < len(steps["plain"])
+    assert len(steps["always"]) < 30 < 100 < len(steps["plain"])
+    assert len(steps["always"]) <= len(steps["default"]) <= len(steps["plain"])
 
 
 # ------------------------------------------------------------------ the program
@@ -143,20 +167,21 @@ def dflash_executor(weights, dweights, copy: CopyDraft) -> tuple[CpuExecutor, in
 
 def test_copy_draft_proposes_what_the_rule_proposes(weights, dweights, monkeypatch):
     ex, first = dflash_executor(weights, dweights, ALWAYS)
-    seen: list[tuple[list[int], list[int]]] = []
+    seen: list[tuple[list[int], torch.Tensor, list[int]]] = []
     from tilewarp.pipeline import cpu_ops
     real = cpu_ops.IMPLS[Op.COPY_DRAFT]
 
     def spy(ctx, a):
         before = ctx.ints(a["tok_off"], B).tolist()
+        logits = ctx.rows(a["logits_off"], a["logits_ld"], B - 1, a["v"]).clone()
         real(ctx, a)
-        seen.append((before, ctx.ints(a["tok_off"], B).tolist()))
+        seen.append((before, logits, ctx.ints(a["tok_off"], B).tolist()))
 
     monkeypatch.setitem(cpu_ops.IMPLS, Op.COPY_DRAFT, spy)
     anchor = UNIT[len(PROMPT) % len(UNIT)]          # the anchor that continues the prompt's period
     ex.dflash(anchor, 1, history=PROMPT)
-    (before, after), = seen
-    assert after == [anchor] + copied_prefix(PROMPT + [anchor], before[1:], [False] * (B - 1), ALWAYS)
+    (before, logits, after), = seen
+    assert after == [anchor] + copied_prefix(PROMPT + [anchor], logits, ALWAYS)
     assert after[1:] == (UNIT * 5)[len(PROMPT) + 1:][:B - 1] != before[1:]
 
 

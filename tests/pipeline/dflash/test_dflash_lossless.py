@@ -153,7 +153,7 @@ def test_dflash_generation_with_copy_drafting_follows_the_target_chain():
     """Copied proposals (one-hot q: `copy_draft.py`) on a 6-token vocabulary, where a one-token
     suffix almost always has an earlier occurrence, so most blocks start with a copy."""
     params = PARAMS["temperature-0.7-top-k-4-top-p-0.9"]
-    counts, histogram = pair_counts(params, trials=5_000, copy=CopyDraft(min_match=1, confident_permille=1000))
+    counts, histogram = pair_counts(params, trials=5_000, copy=CopyDraft(min_match=1, trust_permille=1000))
     assert histogram[0] > 0 and sum(histogram[1:]) > 0, histogram
     laws = chain_pair_laws(params)
     for k in range(STEPS_OUT - 1):
