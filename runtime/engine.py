@@ -85,8 +85,9 @@ class Engine:
         its `max_tokens` must fit in it (`room_needed`). `drafter`: decode with DFlash; it must
         read this target's layers and share its vocabulary (checked here, before any work).
         `copy_draft`: with a drafter, copy proposals from the context where it repeats
-        (`pipeline/dflash/copy_draft.py`, every backend the same rule). Off by default: the
-        shipped drafter copies as well by itself (held-out 4.310 -> 4.314 per step with it)."""
+        (`pipeline/dflash/copy_draft.py`, every backend the same rule; held-out 4.408 -> 4.486
+        per step with the shipped pair). Off by default until its GPU cost (one more task
+        between the draft and the verify pass) is measured against that gain."""
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
         if backend == "megakernel" and not torch.cuda.is_available():
