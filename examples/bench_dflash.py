@@ -6,8 +6,8 @@ same run, both on the megakernel (greedy, so both give the same tokens; the scri
 Per mode: decode tokens/s (prefill excluded: the PyTorch prefill is the same for both),
 mean committed tokens per DFlash step, and the speed-up. ``--copy-draft`` adds a third
 mode, DFlash with copy drafting (`pipeline/dflash/copy_draft.py`: one more task between the
-draft and the verify pass, and more tokens per step where the text repeats). Each prompt runs once to warm up
-(kernel build and load, caches), then `--repeats` times timed.
+draft and the verify pass, and more tokens per step where the text repeats). Each prompt
+runs once to warm up (kernel build and load, caches), then `--repeats` times timed.
 """
 
 from __future__ import annotations

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", required=True)
     ap.add_argument("--drafter", required=True)
     ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--first-prompt", type=int, default=0, help="skip this many prompts (a split the sweep did not tune on)")
+    ap.add_argument("--first-prompt", type=int, default=0,
+                    help="skip this many prompts (a split the sweep did not tune on)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--min-match", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--max-match", type=int, default=16)

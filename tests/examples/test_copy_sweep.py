@@ -61,7 +61,8 @@ def test_replaying_a_policy_commits_what_the_decoder_commits(pair, copy):
 def test_policies_differ_on_this_prompt(pair):
     """(So the test above compares policies that actually copy.)"""
     w, dw = pair
-    t = trace(LoopingTarget(w, capacity=CAP), DraftModel(DCFG, dw, w, capacity=CAP), PROMPT, SamplingParams(max_tokens=N))
+    t = trace(LoopingTarget(w, capacity=CAP), DraftModel(DCFG, dw, w, capacity=CAP), PROMPT,
+              SamplingParams(max_tokens=N))
     plain = replay(t, DCFG.block_size, None)
     eager = replay(t, DCFG.block_size, CopyDraft(min_match=1, trust_permille=1000))
     assert sum(eager) == sum(plain) == N - 1 and len(eager) < len(plain), (plain, eager)
