@@ -122,7 +122,7 @@ class MegakernelDFlashBackend(DFlashProgramBackend):
                  workers: int | None = None, copy: CopyDraft | None = None):
         sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 132
         if copy is not None and max_t_bucket(draft.cfg.block_size) > COPY_DRAFT_MAX_T:
-            log.warning("copy drafting is off: the megakernel carries COPY_DRAFT for blocks of at most %d tokens, "
+            log.info("copy drafting is off: the megakernel carries COPY_DRAFT for blocks of at most %d tokens, "
                         "this drafter's are %d", COPY_DRAFT_MAX_T, draft.cfg.block_size)
             copy = None
         program = lower(schedule(build_dflash_step(weights.cfg, draft.cfg, capacity=target.cache.capacity,

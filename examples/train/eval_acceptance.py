@@ -11,7 +11,8 @@ this interpreter's stdlib if absent), ``--max-tokens`` tokens each, stopping at
 (the acceptance length, the goal's number), the histogram of 1..B, per-prompt means and
 tokens/s. ``--check-lossless N`` also decodes the first N prompts with the target alone
 and checks the outputs are identical (greedy DFlash must be exactly greedy decoding).
-``--copy-draft`` adds copy drafting (``pipeline/dflash/copy_draft.py``).
+Copy drafting (``pipeline/dflash/copy_draft.py``) is on, as in the Engine;
+``--no-copy-draft`` measures the drafter alone.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--check-lossless", type=int, default=0, metavar="N")
-    p.add_argument("--copy-draft", action="store_true",
-                   help="copy proposals from the context where it repeats (pipeline/dflash/copy_draft.py)")
+    p.add_argument("--copy-draft", action=argparse.BooleanOptionalAction, default=True,
+                   help="copy proposals from the context where it repeats (pipeline/dflash/copy_draft.py; "
+                   "on by default, as in the Engine; --no-copy-draft: the drafter alone)")
     p.add_argument("--show", type=int, default=1, help="print the generated text of the first N prompts")
     args = p.parse_args(argv)
     if args.threads:

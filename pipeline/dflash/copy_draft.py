@@ -35,6 +35,11 @@ from ..errors import InputError
 
 #: Longest suffix the device op compares (csrc/ops/copy_draft.cuh mirrors it).
 MAX_MATCH_LIMIT = 64
+#: How far back a source is looked for: the last SEARCH_WINDOW tokens of ``context +
+#: [anchor]``. The device op stages them in shared memory (matching from L2, one load after
+#: another along a long match, cost ~50 us a step), and the bound keeps its cost flat at long
+#: contexts; csrc/ops/copy_draft.cuh mirrors it.
+SEARCH_WINDOW = 32768
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,14 @@ class CopyDraft:
 
 def copy_source(seq: Sequence[int], min_match: int, max_match: int) -> int | None:
     """Where the copy starts: the end ``e`` (``e < len(seq)``) of the earlier occurrence of
-    the longest suffix of ``seq`` (capped at ``max_match``; the latest one among equals),
-    or None when no suffix of at least ``min_match`` tokens occurred before."""
-    n = len(seq)
+    the longest suffix of ``seq`` (capped at ``max_match``; the latest one among equals)
+    within the last `SEARCH_WINDOW` tokens, or None when no suffix of at least
+    ``min_match`` tokens occurred there before."""
+    base = max(0, len(seq) - SEARCH_WINDOW)
+    n = len(seq) - base
     if n < 2:
         return None
-    s = torch.as_tensor(list(seq), dtype=torch.int64)
+    s = torch.as_tensor(list(seq[base:]), dtype=torch.int64)
     ends = torch.arange(1, n)                         # e: an occurrence ends right before seq[e]
     run = torch.ones(n - 1, dtype=torch.bool)
     length = torch.zeros(n - 1, dtype=torch.int64)
@@ -76,7 +83,7 @@ def copy_source(seq: Sequence[int], min_match: int, max_match: int) -> int | Non
     best = int(length.max())
     if best < min_match:
         return None
-    return int(ends[length == best].max())
+    return base + int(ends[length == best].max())
 
 
 def slot_probabilities(logits: torch.Tensor, copy: Sequence[int]) -> tuple[list[float], list[float]]:

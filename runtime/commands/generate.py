@@ -36,9 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> str:
     p.add_argument("--drafter", default=None, metavar="DIR|random",
                    help="decode with DFlash: a drafter checkpoint directory, or 'random' (with --preset: a random "
                    "tiny drafter, which commits about one token per step); reports committed tokens per step")
-    p.add_argument("--copy-draft", action="store_true",
+    p.add_argument("--copy-draft", action=argparse.BooleanOptionalAction, default=None,
                    help="with --drafter: copy proposals from the context where it repeats (prompt lookup; "
-                   "pipeline/dflash/copy_draft.py), lossless, the same rule on every backend")
+                   "pipeline/dflash/copy_draft.py), lossless, the same rule on every backend (default: on "
+                   "with a drafter)")
     p.add_argument("--device", default=None, help="torch device for prefill and the reference backend "
                    "(default: cuda for --backend megakernel, else cpu)")
     return "generate"
@@ -113,7 +114,7 @@ class _TextStream:
 def run(args: argparse.Namespace) -> int:
     params = _sampling_params(args)
     kw = {"backend": args.backend, "capacity": args.capacity, "device": args.device,
-          "copy_draft": CopyDraft() if args.copy_draft else None}
+          "copy_draft": None if args.copy_draft is False else CopyDraft()}
     try:
         engine = _engine(args, kw)
     except InputError as e:

@@ -7,6 +7,8 @@
   choices, committed rows, state, anchor) exactly, both caches to within one bf16 rounding;
 * with copy drafting (COPY_DRAFT, over a planted history that repeats), three chained
   steps commit what the CPU executor's commit, the token history ACCEPT extends included;
+  and over a whole generation from a looping prompt, every step commits what the CPU's
+  does (whole, partial and no copies);
 * greedy DFlash through the megakernel commits exactly the tokens of plain greedy decoding
   (the reference) over 96 tokens, several steps per launch; and through the Engine;
 * sampled DFlash (temperature 0.8, fixed sample_seed) commits, step for step, the tokens
@@ -76,13 +78,13 @@ def dweights():
     return random_draft_weights(DCFG, 1)
 
 
-def prefilled(weights, dweights) -> tuple[ReferenceModel, DraftModel, int]:
+def prefilled(weights, dweights, prompt: list[int] = PROMPT) -> tuple[ReferenceModel, DraftModel, int]:
     """The prompt in the target's cache and its context in the drafter's (the PyTorch
     prefill, on the CPU); returns (target, drafter, first generated token)."""
     ref = ReferenceModel(weights, capacity=CAP)
-    out = ref.prefill(PROMPT, return_hidden=DCFG.target_layer_ids)
+    out = ref.prefill(prompt, return_hidden=DCFG.target_layer_ids)
     drafter = DraftModel(DCFG, dweights, weights, capacity=CAP)
-    drafter.append_context(out.hidden, range(len(PROMPT)))
+    drafter.append_context(out.hidden, range(len(prompt)))
     return ref, drafter, int(out.logits[-1].argmax())
 
 
@@ -99,11 +101,11 @@ def program(g, reuse_arena: bool = True) -> Program:
     return lower(schedule(g, DeviceModel(workers=workers()), reuse_arena=reuse_arena))
 
 
-def executors(p: Program, weights, dweights):
+def executors(p: Program, weights, dweights, prompt: list[int] = PROMPT):
     """(CPU executor, megakernel runner, first token) over the same prefilled caches."""
     from tilewarp.runtime.megakernel import MegakernelRunner
     from tilewarp.runtime.megakernel_dflash import MegakernelDFlashRunner
-    ref, drafter, first = prefilled(weights, dweights)
+    ref, drafter, first = prefilled(weights, dweights, prompt)
     gcache, gdraft = gpu_copy(ref.cache), gpu_draft_copy(drafter.cache)
     if p.meta.get("drafter"):
         cpu = CpuExecutor(p, weights, ref.cache, draft_weights=dweights, draft_cache=drafter.cache)
@@ -270,6 +272,59 @@ def test_the_engine_runs_dflash_in_the_megakernel(gpu):
     cpu = Engine.from_preset("tiny", drafter=True, backend="cpu", capacity=CAP)
     sampled = SamplingParams(temperature=TEMP, seed=SAMPLE_SEED, max_tokens=48)
     assert mk.generate(prompt, sampled).tokens == cpu.generate(prompt, sampled).tokens
+
+
+# ------------------------------------------------------------------ copy drafting
+#: 40 tokens that repeat a 13-token unit: copying has a source from the first step on.
+LOOP_UNIT = torch.randint(0, CFG.vocab_size, (13,), generator=torch.Generator().manual_seed(5)).tolist()
+LOOP_PROMPT = LOOP_UNIT * 3 + LOOP_UNIT[:1]
+
+
+def copy_counts(monkeypatch) -> dict[str, int]:
+    """Spies on the CPU executor's COPY_DRAFT: how many of its runs copied none of the
+    block's proposals (where there was a source), part of them, all of them."""
+    from tilewarp.pipeline import cpu_ops
+    real, counts = cpu_ops.IMPLS[Op.COPY_DRAFT], {"none": 0, "part": 0, "all": 0}
+
+    def spy(ctx, a):
+        before = ctx.ints(a["tok_off"], B).tolist()
+        real(ctx, a)
+        changed = [x != y for x, y in zip(before, ctx.ints(a["tok_off"], B).tolist())]
+        counts["all" if all(changed[1:]) else "part" if any(changed) else "none"] += 1
+
+    monkeypatch.setitem(cpu_ops.IMPLS, Op.COPY_DRAFT, spy)
+    return counts
+
+
+def proposals_per_step(ex, first: int) -> tuple[list[list[int]], list[list[int]]]:
+    """A whole generation from LOOP_PROMPT one step per launch: the committed tokens per
+    step, and the block each step verified (a launch leaves its proposals in tokens[1:])."""
+    blocks: list[list[int]] = []
+    real = ex.dflash
+
+    def one_step(anchor, steps, **kw):
+        rows = real(anchor, steps, **kw)
+        blocks.append(ex.ints("tokens").reshape(-1)[1:B].tolist())
+        return rows
+
+    ex.dflash = one_step
+    return generate(ex, first, N, B, steps_per_launch=1, prompt=LOOP_PROMPT), blocks
+
+
+@pytest.mark.parametrize("trust", [1000, 300], ids=["eager", "picky"])
+def test_copy_drafting_in_the_megakernel_proposes_what_the_cpu_executor_proposes(gpu, weights, dweights, trust,
+                                                                                monkeypatch):
+    """Every block of a whole generation (loop wraps, whole, partial and no copies): the
+    GPU's COPY_DRAFT picks the CPU's source and length. (The random target rejects most
+    copies, so the committed tokens alone would not show a wrong one.)"""
+    p = program(build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft(min_match=1, trust_permille=trust)))
+    cpu, mk, first = executors(p, weights, dweights, LOOP_PROMPT)
+    counts = copy_counts(monkeypatch)
+    want = proposals_per_step(cpu, first)
+    assert counts["all"] > 0 and (trust == 1000 or counts["part"] > 0), f"the rule was exercised: {counts}"
+    got = proposals_per_step(mk, first)
+    bad = next((i for i, (x, y) in enumerate(zip(got[1], want[1])) if x != y), None)
+    assert got == want, f"first different block: step {bad}"
 
 
 # ------------------------------------------------------------------ sampled DFlash

@@ -1,7 +1,7 @@
 """Copy drafting (`pipeline/dflash/copy_draft.py`): the rule, and its three homes agreeing.
 
-* the rule: the latest earlier occurrence of the longest suffix (min..max tokens) is the
-  source; the first k tokens of its continuation (round the loop where it reaches the
+* the rule: the latest earlier occurrence of the longest suffix (min..max tokens, in the
+  last SEARCH_WINDOW tokens) is the source; the first k tokens of its continuation (round the loop where it reaches the
   anchor) replace the proposals, k the copy length with the largest expected accepted
   length under the draft rows and the copy's trust;
 * the reference decoder with copying is still exactly greedy decoding, and copies;
@@ -58,6 +58,16 @@ def test_the_source_is_the_latest_earlier_occurrence_of_the_longest_suffix():
     assert copy_source([5, 6, 5, 6, 5, 6], 2, 16) == 4   # overlapping runs: the latest end
     assert copy_source(seq, 1, 2) == 6                   # capped at 2: the latest [2, 3] wins
     assert copy_source([4], 1, 16) is None
+
+
+def test_the_source_is_searched_in_the_last_search_window_tokens(monkeypatch):
+    from tilewarp.pipeline.dflash import copy_draft
+    seq = [1, 2, 3, 9, 9, 9, 9, 9, 2, 3, 7, 1, 2, 3]
+    assert copy_source(seq, 1, 16) == 3                  # [1, 2, 3] at 0..2
+    monkeypatch.setattr(copy_draft, "SEARCH_WINDOW", 8)  # the window starts at index 6
+    assert copy_source(seq, 1, 16) == 10                 # [2, 3] at 8..9, an index of the whole sequence
+    monkeypatch.setattr(copy_draft, "SEARCH_WINDOW", 4)
+    assert copy_source(seq, 1, 16) is None               # [7, 1, 2, 3]: no earlier 3 inside
 
 
 def test_the_copy_length_maximises_the_expected_accepted_length():
