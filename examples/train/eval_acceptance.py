@@ -107,10 +107,15 @@ class Acceptance:
                   for name in (NEW_TEXT, *(b for b, _ in COPY_BUCKETS)) for n, c in [self.by_copy.get(name, [0, 0])])]
 
 
-def load_prompt_texts(target_dir: Path, n: int) -> list[str]:
+def load_prompt_texts(target_dir: Path, n: int, split: str = "heldout") -> list[str]:
+    """The first `n` prompts of a split: "heldout" (the goal's; the target's saved list),
+    or "valid" (for choosing between drafters without looking at the held-out prompts; from
+    this interpreter's stdlib)."""
     path = target_dir / PROMPTS_FILE
-    found = prompts.load_prompts(path) if path.exists() else \
-        prompts.pick(prompts.function_prompts(data.collect().files("heldout")), 10_000)
+    if split == "heldout" and path.exists():
+        found = prompts.load_prompts(path)
+    else:
+        found = prompts.pick(prompts.function_prompts(data.collect().files(split)), 10_000)
     return [p.prompt for p in found[:n]]
 
 
@@ -156,11 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copy-draft", action=argparse.BooleanOptionalAction, default=True,
                    help="copy proposals from the context where it repeats (pipeline/dflash/copy_draft.py; "
                    "on by default, as in the Engine; --no-copy-draft: the drafter alone)")
+    p.add_argument("--split", choices=("heldout", "valid"), default="heldout",
+                   help="whose function prompts: held-out modules (the goal's number) or valid ones (to "
+                   "choose between drafters)")
     p.add_argument("--show", type=int, default=1, help="print the generated text of the first N prompts")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    texts = load_prompt_texts(Path(args.target), args.prompts)
+    texts = load_prompt_texts(Path(args.target), args.prompts, args.split)
     result = evaluate(args.target, args.drafter, texts, max_tokens=args.max_tokens, device=args.device,
                       check_lossless=args.check_lossless, copy=CopyDraft() if args.copy_draft else None)
     if args.show:
