@@ -26,3 +26,22 @@ def test_the_dflash_benchmark_runs_on_the_cpu_and_checks_dflash_equals_plain_gre
         line = next(line for line in out.splitlines() if line.startswith(mode))
         tokens_s, ms_step, committed = map(float, line.split()[1:4])
         assert tokens_s > 0 and ms_step > 0 and committed >= 1.0
+
+
+def test_the_modes_are_timed_interleaved_each_repeat_in_a_rotated_order():
+    from types import SimpleNamespace
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str):
+            self.name = name
+
+        def generate(self, prompt, params):
+            calls.append(self.name)
+            return SimpleNamespace(tokens=[1, 2], committed_per_step=[2], decode_s=0.5)
+
+    modes = {n: bench_dflash.Mode(Fake(n)) for n in ("plain", "dflash", "copy")}
+    bench_dflash.measure(modes, [[7]], max_tokens=2, repeats=3)
+    assert calls == ["plain", "dflash", "copy"] + ["plain", "dflash", "copy", "dflash", "copy", "plain",
+                                                   "copy", "plain", "dflash"]
+    assert all(m.rates == [4.0] * 3 and m.step_ms == [500.0] * 3 for m in modes.values())
