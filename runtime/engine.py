@@ -86,9 +86,8 @@ class Engine:
         read this target's layers and share its vocabulary (checked here, before any work).
         `copy_draft`: with a drafter, copy proposals from the context where it repeats
         (`pipeline/dflash/copy_draft.py`, every backend the same rule); None turns it off. On
-        by default: lossless, held-out 4.408 -> 4.486 committed per step with the shipped
-        pair, and on the H200 its task costs ~4 us of a ~0.9 ms step (+2.5% tokens/s,
-        docs/benchmarks.md)."""
+        by default: lossless, held-out 4.442 -> 4.536 committed per step with the shipped
+        pair, and on the H200 a step with it took 4-25 us longer (of ~0.85 ms; docs/benchmarks.md)."""
         if backend not in BACKENDS:
             raise InputError(f"backend {backend!r} not in {BACKENDS}")
         if backend == "megakernel" and not torch.cuda.is_available():
