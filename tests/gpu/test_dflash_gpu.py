@@ -7,8 +7,8 @@
   choices, committed rows, state, anchor) exactly, both caches to within one bf16 rounding;
 * with copy drafting (COPY_DRAFT, over a planted history that repeats), three chained
   steps commit what the CPU executor's commit, the token history ACCEPT extends included;
-  and over a whole generation from a looping prompt, every step commits what the CPU's
-  does (whole, partial and no copies);
+  over a whole generation from a looping prompt, every block is the CPU's (whole, partial
+  and no copies); and a source ~480 tokens back in a long history is found;
 * greedy DFlash through the megakernel commits exactly the tokens of plain greedy decoding
   (the reference) over 96 tokens, several steps per launch; and through the Engine;
 * sampled DFlash (temperature 0.8, fixed sample_seed) commits, step for step, the tokens
@@ -78,12 +78,13 @@ def dweights():
     return random_draft_weights(DCFG, 1)
 
 
-def prefilled(weights, dweights, prompt: list[int] = PROMPT) -> tuple[ReferenceModel, DraftModel, int]:
+def prefilled(weights, dweights, prompt: list[int] = PROMPT, capacity: int = CAP
+              ) -> tuple[ReferenceModel, DraftModel, int]:
     """The prompt in the target's cache and its context in the drafter's (the PyTorch
     prefill, on the CPU); returns (target, drafter, first generated token)."""
-    ref = ReferenceModel(weights, capacity=CAP)
+    ref = ReferenceModel(weights, capacity=capacity)
     out = ref.prefill(prompt, return_hidden=DCFG.target_layer_ids)
-    drafter = DraftModel(DCFG, dweights, weights, capacity=CAP)
+    drafter = DraftModel(DCFG, dweights, weights, capacity=capacity)
     drafter.append_context(out.hidden, range(len(prompt)))
     return ref, drafter, int(out.logits[-1].argmax())
 
@@ -105,7 +106,7 @@ def executors(p: Program, weights, dweights, prompt: list[int] = PROMPT):
     """(CPU executor, megakernel runner, first token) over the same prefilled caches."""
     from tilewarp.runtime.megakernel import MegakernelRunner
     from tilewarp.runtime.megakernel_dflash import MegakernelDFlashRunner
-    ref, drafter, first = prefilled(weights, dweights, prompt)
+    ref, drafter, first = prefilled(weights, dweights, prompt, p.capacity)
     gcache, gdraft = gpu_copy(ref.cache), gpu_draft_copy(drafter.cache)
     if p.meta.get("drafter"):
         cpu = CpuExecutor(p, weights, ref.cache, draft_weights=dweights, draft_cache=drafter.cache)
@@ -325,6 +326,24 @@ def test_copy_drafting_in_the_megakernel_proposes_what_the_cpu_executor_proposes
     got = proposals_per_step(mk, first)
     bad = next((i for i, (x, y) in enumerate(zip(got[1], want[1])) if x != y), None)
     assert got == want, f"first different block: step {bad}"
+
+
+def test_copy_draft_finds_its_source_far_back_in_a_long_history(gpu, weights, dweights):
+    """A history as long as tiny's context allows (490 tokens, staged in shared memory by
+    16-byte loads) whose suffix with the anchor occurred once, ~480 tokens back: the GPU
+    copies what followed it there, as the CPU does."""
+    n, cap = 490, CFG.max_position
+    prompt = torch.randint(0, CFG.vocab_size, (n,), generator=torch.Generator().manual_seed(7)).tolist()
+    p = program(build_dflash_step(CFG, DCFG, capacity=cap, copy=CopyDraft(min_match=1, trust_permille=1000)))
+    cpu, mk, first = executors(p, weights, dweights, prompt)
+    hist = list(prompt)
+    hist[5:10] = hist[-4:] + [first]                 # the suffix [hist[-4:], anchor] at 5..9
+    assert copy_source(hist + [first], 1, 16) == 10, "the only earlier occurrence is far back"
+    want, got = cpu.dflash(first, 1, history=hist), mk.dflash(first, 1, history=hist)
+    block = cpu.ints("tokens").reshape(-1)[1:B].tolist()
+    assert block == hist[10:10 + B - 1], "the CPU copied the whole block"
+    assert mk.ints("tokens").reshape(-1)[1:B].cpu().tolist() == block
+    assert got == want
 
 
 # ------------------------------------------------------------------ sampled DFlash
