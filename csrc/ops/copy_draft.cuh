@@ -2,11 +2,11 @@
 // pipeline/cpu_ops/copy_draft.py). The sequence is the token history at 0..pos-1 (the host
 // writes it before a launch, ACCEPT extends it) and the anchor tokens[0] at pos. Find, in
 // its last TW_COPY_WINDOW tokens, the latest end e < pos + 1 of an earlier occurrence of the
-// longest suffix (min_match..max_match tokens); its continuation (round the loop of period pos + 1 - e where it reaches the
-// anchor) replaces the first k proposals tokens[1..k], k the copy length
-// with the largest expected accepted length: sum_j prod_{i<=j} f_i, f_i = trust + (1 - trust)
-// * p_i(copy token) on copied slots, the row's softmax maximum on kept ones (largest k among
-// equals; trust in thousandths).
+// longest suffix (min_match..max_match tokens); its continuation (round the loop of period
+// pos + 1 - e where it reaches the anchor) replaces the first k proposals tokens[1..k], k the
+// copy length with the largest expected accepted length: sum_j prod_{i<=j} f_i, f_i = trust
+// + (1 - trust) * p_i(copy token) on copied slots, the row's softmax maximum on kept ones
+// (largest k among equals; trust in thousandths).
 //
 // The op sits on the step's critical path (between the draft pass and the verify pass), so
 // it is a chain of few L2 round trips: the sequence's last TW_COPY_WINDOW tokens are staged

@@ -106,10 +106,9 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
     OpSpec(Op.COPY_DRAFT, ("tok_off", "t", "logits_off", "logits_ld", "v", "hist_off", "state_off", "min_match",
                            "max_match", "trust"),
            "the latest earlier occurrence of the longest suffix (min_match..max_match tokens) of history[0:pos] "
-           "+ the anchor tokens[0], in its last SEARCH_WINDOW tokens; what followed it (round the loop where it reaches the anchor) replaces the "
-           "first k proposals tokens[1:1+k], k the copy "
-           "length with the largest expected accepted length under the draft rows (trust / 1000: the copy's "
-           "prior)"),
+           "+ the anchor tokens[0], in its last SEARCH_WINDOW tokens; what followed it (round the loop where "
+           "it reaches the anchor) replaces the first k proposals tokens[1:1+k], k the copy length with the "
+           "largest expected accepted length under the draft rows (trust / 1000: the copy's prior)"),
 )}
 
 for _spec in OPS.values():
