@@ -220,6 +220,21 @@ def test_a_copying_program_needs_the_history(weights, dweights):
     assert ex.steps_done == 0
 
 
+def test_the_device_op_mirrors_the_rules_limits():
+    """csrc/ops/copy_draft.cuh repeats three constants of the rule; a change to one side alone
+    would make the GPU disagree with the CPU only on long matches, long contexts or wide blocks."""
+    import re
+    from pathlib import Path
+
+    from tilewarp.pipeline.dflash.copy_draft import MAX_MATCH_LIMIT, SEARCH_WINDOW
+    from tilewarp.runtime.megakernel import COPY_DRAFT_MAX_T
+    src = (Path(__file__).resolve().parents[2] / "csrc/ops/copy_draft.cuh").read_text()
+    defines = {k: int(v) for k, v in re.findall(r"^#define (TW_COPY_\w+) (\d+)$", src, re.M)}
+    assert defines["TW_COPY_MAX_MATCH"] == MAX_MATCH_LIMIT
+    assert defines["TW_COPY_WINDOW"] == SEARCH_WINDOW
+    assert defines["TW_COPY_DRAFT_MAX_T"] == COPY_DRAFT_MAX_T
+
+
 def test_the_megakernel_refuses_copy_drafting_in_its_16_token_build():
     from tilewarp.runtime.megakernel import check_gpu_ops
     check_gpu_ops(lower(schedule(build_dflash_step(CFG, DCFG, capacity=CAP, copy=CopyDraft()))))
