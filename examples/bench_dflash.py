@@ -5,9 +5,10 @@ same run, both on the megakernel (greedy, so both give the same tokens; the scri
 
 Per mode: decode tokens/s (prefill excluded: the PyTorch prefill is the same for both),
 ms per step (what one decode or DFlash step costs: COPY_DRAFT's price is the difference of
-the two DFlash rows), mean committed tokens per DFlash step, and the speed-up. ``--copy-draft`` adds a third
-mode, DFlash with copy drafting (`pipeline/dflash/copy_draft.py`: one more task between the
-draft and the verify pass, and more tokens per step where the text repeats). Each mode
+the two DFlash rows), mean committed tokens per DFlash step, and the speed-up.
+``--copy-draft`` adds a third mode, DFlash with copy drafting
+(`pipeline/dflash/copy_draft.py`: one more task between the draft and the verify pass, and
+more tokens per step where the text repeats). All modes' engines live side by side. Each mode
 runs every prompt once to warm up (kernel build and load, caches), then the modes are
 timed interleaved, `--repeats` passes each (`measure`).
 """
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':12s} {'tokens/s':>10s} {'ms/step':>8s} {'committed/step':>15s} {'speed-up':>9s}")
     base = statistics.median(modes["plain"].rates)
     for name, m in modes.items():
-        rate, mean = statistics.median(m.rates), sum(m.committed) / len(m.committed) if m.committed else 1.0
+        rate = statistics.median(m.rates)
+        mean = sum(m.committed) / len(m.committed) if m.committed else 1.0   # plain: one token a step
         print(f"{name:12s} {rate:10.1f} {statistics.median(m.step_ms):8.4f} {mean:15.2f} {rate / base:8.2f}x")
     same = all(m.tokens == modes["plain"].tokens for m in modes.values())
     print(f"DFlash tokens identical to plain greedy: {same}")
