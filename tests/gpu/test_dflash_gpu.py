@@ -283,7 +283,7 @@ LOOP_PROMPT = LOOP_UNIT * 3 + LOOP_UNIT[:1]
 
 def copy_counts(monkeypatch) -> dict[str, int]:
     """Spies on the CPU executor's COPY_DRAFT: how many of its runs copied none of the
-    block's proposals (where there was a source), part of them, all of them."""
+    block's proposals (no source, or the drafter's were worth more), part of them, all."""
     from tilewarp.pipeline import cpu_ops
     real, counts = cpu_ops.IMPLS[Op.COPY_DRAFT], {"none": 0, "part": 0, "all": 0}
 
