@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from .cpu_ops import IMPLS
 from .cpu_ops.context import Ctx
 from .dflash.kv_cache import DraftKVCache
-from .dflash.program_loop import begin_dflash_launch, end_dflash_launch, history_words
+from .dflash.program_loop import ChainedDFlash, HistoryMirror
 from .dflash.weights import DraftWeights
 from .errors import DeviceError, GraphError, InputError
 from .graph.ops import OPS, STATE_INV_TEMP, STATE_POS, STATE_SEED, STATE_STEP, Op
@@ -30,7 +30,7 @@ from .weight_table import weight_table
 from .weights import Weights
 
 
-class CpuExecutor:
+class CpuExecutor(ChainedDFlash):
     """Runs one program; DFlash programs (meta "drafter") also take the drafter's weights
     and its context cache, which the draft ops read and write like the target's cache."""
 
@@ -45,6 +45,7 @@ class CpuExecutor:
         self.cfg = weights.cfg
         self.cache = cache
         self.draft_cache = draft_cache
+        self._history = HistoryMirror(program, self.cfg.vocab_size)
         self.ctx = Ctx(self.cfg, torch.zeros(program.arena_words, dtype=torch.float32),
                        weight_table(program.weights, weights, draft_weights), cache, draft_cache)
         self.counters = np.zeros(len(program.event_need), dtype=np.int64)
@@ -141,25 +142,15 @@ class CpuExecutor:
         dc.mark_written(pos, pos + self.p.tokens)   # the block's K/V went to positions pos..
         return self.floats("draft_logits"), self.ints("tokens")[0, 1:].tolist()
 
-    def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
-               temperature: float = 0.0, sample_seed: int = 0, history: Sequence[int] | None = None
-               ) -> list[list[int]]:
-        """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
-        neither cache); returns the tokens each step committed (1..B each; the last one
-        is the next anchor). Both caches end at the new position. At `temperature` > 0
-        the target's choices are samples (`counter_rng`) and acceptance is lossless for
-        the argmax drafter: the tokens are those sampled plain decoding would emit.
-        `history`: the committed tokens both caches hold, for a program with copy drafting."""
-        self._check_kind("dflash", "dflash")
-        b = self.p.tokens
-        pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
-        hist = history_words(self.p, history, pos, self.cfg.vocab_size)
-        self._begin([anchor], pos, temperature, sample_seed)
-        if hist is not None:
-            self.ctx.arena_i[hist[0]:hist[0] + pos] = hist[1]
+    # ----------------------------------------------------------- ChainedDFlash hooks
+    def _write_ints(self, offset: int, words: torch.Tensor) -> None:
+        self.ctx.arena_i[offset:offset + len(words)] = words
+
+    def _launch_steps(self, steps: int, seed: int, order: str) -> None:
         self._run(steps, seed, order)
-        end = int(self.ctx.arena_i[self._state + STATE_POS])
-        return end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
+
+    def _read_int(self, offset: int) -> int:
+        return int(self.ctx.arena_i[offset])
 
     def logits(self) -> torch.Tensor:
         return self.floats("logits")

@@ -16,8 +16,6 @@ is the Engine backend over it, the `cpu_backend.CpuDFlashBackend` loop on the GP
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
-
 import numpy as np
 import torch
 
@@ -26,11 +24,10 @@ from tilewarp.pipeline.cpu_exec import check_drafter
 from tilewarp.pipeline.dflash.copy_draft import CopyDraft
 from tilewarp.pipeline.dflash.draft_model import DraftModel
 from tilewarp.pipeline.dflash.kv_cache import DraftKVCache
-from tilewarp.pipeline.dflash.program_loop import begin_dflash_launch, end_dflash_launch, history_words
+from tilewarp.pipeline.dflash.program_loop import ChainedDFlash, HistoryMirror
 from tilewarp.pipeline.dflash.weights import DraftWeights
 from tilewarp.pipeline.errors import DeviceError, InputError
 from tilewarp.pipeline.graph.dflash_step import build_dflash_step
-from tilewarp.pipeline.graph.ops import STATE_POS
 from tilewarp.pipeline.kv_cache import KVCache
 from tilewarp.pipeline.lower import Program, lower
 from tilewarp.pipeline.reference import ReferenceModel
@@ -53,7 +50,7 @@ def draft_layer_table(cache: DraftKVCache) -> np.ndarray:
     return t
 
 
-class MegakernelDFlashRunner(MegakernelRunner):
+class MegakernelDFlashRunner(MegakernelRunner, ChainedDFlash):
     """Runs draft and dflash programs (verify programs with exported hidden states run in
     the plain `MegakernelRunner`). Both caches live on the GPU."""
 
@@ -62,6 +59,7 @@ class MegakernelDFlashRunner(MegakernelRunner):
         self.draft_weights = draft_weights
         self.draft_cache = draft_cache
         super().__init__(program, weights, cache, **kw)
+        self._history = HistoryMirror(program, weights.cfg.vocab_size)
 
     # ------------------------------------------------------------ tables
     def _check_drafter(self, program: Program) -> None:
@@ -91,26 +89,15 @@ class MegakernelDFlashRunner(MegakernelRunner):
         dc.mark_written(pos, pos + self.p.tokens)   # the block's K/V went to positions pos..
         return self.floats("draft_logits"), self.ints("tokens")[0, 1:].tolist()
 
-    def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
-               temperature: float = 0.0, sample_seed: int = 0, history: Sequence[int] | None = None
-               ) -> list[list[int]]:
-        """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
-        neither cache); returns the tokens each step committed (1..B each; the last one is
-        the next anchor). Both caches end at the new position. At `temperature` > 0 the
-        target's choices are counter-based samples (`counter_rng`) and acceptance is
-        lossless for the argmax drafter. `seed` and `order` pick the CPU executor's worker
-        interleavings; the GPU has its own, so they are accepted and ignored. `history`: the
-        committed tokens both caches hold, for a program with copy drafting."""
-        self._check_kind("dflash", "dflash")
-        b = self.p.tokens
-        pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
-        hist = history_words(self.p, history, pos, self.cfg.vocab_size)
-        self._begin([anchor], pos, temperature, sample_seed)
-        if hist is not None:
-            self.arena.view(torch.int32)[hist[0]:hist[0] + pos] = hist[1].to(self.dev)
-        self.launch(steps)
-        end = int(self.arena.view(torch.int32)[self._state + STATE_POS])
-        return end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
+    # ----------------------------------------------------------- ChainedDFlash hooks
+    def _write_ints(self, offset: int, words: torch.Tensor) -> None:
+        self.arena.view(torch.int32)[offset:offset + len(words)] = words.to(self.dev)
+
+    def _launch_steps(self, steps: int, seed: int, order: str) -> None:
+        self.launch(steps)   # the GPU picks its own interleavings: seed and order do not apply
+
+    def _read_int(self, offset: int) -> int:
+        return int(self.arena.view(torch.int32)[offset])
 
 
 class MegakernelDFlashBackend(DFlashProgramBackend):

@@ -3,7 +3,9 @@
 Each launch runs several whole DFlash steps (draft, verify, acceptance) with no host in
 between; the host only hands over the anchor, reads the committed tokens and decides
 how many steps the next launch runs. Any executor with `dflash(anchor, steps)` and a
-target `cache` works (the CPU executor here; the megakernel runner once it has the ops).
+target `cache` works; the CPU executor and the megakernel runner share that method
+(`ChainedDFlash`), and with it the host mirror of a copy-drafting program's token history
+(`HistoryMirror`).
 
 Steps per launch are capped so that a launch never commits more than B-1 tokens past
 `max_tokens` (at most `left // B` steps, at least one), and by the room left in the KV
@@ -13,15 +15,17 @@ token is dropped from the output; the request ends there, so the caches need no 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence
 
 import torch
 
 from ..errors import DeviceError, InputError
+from ..graph.ops import STATE_POS
 from ..kv_cache import KVCache
 
 if TYPE_CHECKING:
-    from ..lower import Program
+    from ..lower import BufferInfo, Program
+    from .kv_cache import DraftKVCache
 
 
 def begin_dflash_launch(steps: int, max_steps: int, cache: KVCache, draft_cache, block_size: int) -> int:
@@ -50,20 +54,99 @@ def end_dflash_launch(rows, end: int, pos: int, cache: KVCache, draft_cache, blo
     return committed
 
 
-def history_words(p: "Program", history: Sequence[int] | None, pos: int, vocab: int) -> tuple[int, torch.Tensor] | None:
-    """What to write before a launch of a program with copy drafting (COPY_DRAFT reads the
-    committed tokens 0..pos-1 from its carried `history`, which ACCEPT only extends): the
-    buffer's arena offset and the tokens as int32; None for a program without copy drafting."""
-    if "copy_draft" not in p.meta:
-        return None
-    if history is None or len(history) != pos:
-        raise InputError(f"this DFlash program copies from the context: pass history= the {pos} committed tokens "
-                         f"both caches hold, got {'none' if history is None else len(history)}")
-    words = torch.tensor(list(history), dtype=torch.int32)
-    bad = words[(words < 0) | (words >= vocab)]
-    if bad.numel():
-        raise InputError(f"history: token ids {bad[:4].tolist()} outside [0, {vocab})")
-    return p.buffer("history").offset, words
+class HistoryMirror:
+    """The token history a copy-drafting program's carried buffer holds (COPY_DRAFT reads the
+    committed tokens 0..pos-1 there), mirrored on the host, so that a launch writes only what
+    the buffer lacks: the prompt at a request's first launch, then nothing, since ACCEPT
+    extends the buffer step by step. Rewriting all of it at every launch (a list to a tensor,
+    an id check, a pageable copy: ~80 us of host time) cost ~10 us per DFlash step on the
+    H200."""
+
+    def __init__(self, p: "Program", vocab: int):
+        self.offset = p.buffer("history").offset if "copy_draft" in p.meta else None
+        self.vocab = vocab
+        self.held: list[int] = []
+
+    def upload(self, history: Sequence[int] | None, pos: int) -> tuple[int, torch.Tensor] | None:
+        """Before a launch at `pos`: the arena offset and int32 words to write (possibly
+        none), or None for a program without copy drafting. `history` must be the `pos`
+        committed tokens both caches hold."""
+        if self.offset is None:
+            return None
+        if history is None or len(history) != pos:
+            raise InputError(f"this DFlash program copies from the context: pass history= the {pos} committed "
+                             f"tokens both caches hold, got {'none' if history is None else len(history)}")
+        history = list(history)
+        n = len(self.held)
+        start = n if n <= pos and history[:n] == self.held else 0
+        words = torch.tensor(history[start:], dtype=torch.int32)
+        bad = words[(words < 0) | (words >= self.vocab)]
+        if bad.numel():
+            self.held = []
+            raise InputError(f"history: token ids {bad[:4].tolist()} outside [0, {self.vocab})")
+        self.held = history
+        return self.offset + start, words
+
+    def launched(self, anchor: int, committed: list[list[int]]) -> None:
+        """After a launch: ACCEPT wrote each step's anchor and accepted tokens after the history."""
+        if self.offset is not None:
+            self.held += [anchor] + [t for row in committed for t in row][:-1]
+
+    def forget(self) -> None:
+        """The buffer may no longer hold the mirror (a failed launch): rewrite it next time."""
+        self.held = []
+
+
+class ChainedDFlash:
+    """`dflash`, one launch of chained DFlash steps, for every executor of the dflash program
+    (the CPU executor and the megakernel runner): the checks, the history upload, the launch
+    and the committed rows are one code. An executor supplies the three hooks below (how it
+    writes its arena, runs a launch, reads a word back), the members declared here, and
+    `_check_kind`, `_begin` and `ints`, which both executors have for every program kind.
+    List it after the executor's own base, so that those come first."""
+
+    p: "Program"
+    cache: KVCache
+    draft_cache: "DraftKVCache"
+    _out: "BufferInfo"
+    _state: int
+    _history: HistoryMirror
+
+    def _write_ints(self, offset: int, words: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _launch_steps(self, steps: int, seed: int, order: str) -> None:
+        raise NotImplementedError
+
+    def _read_int(self, offset: int) -> int:
+        raise NotImplementedError
+
+    def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
+               temperature: float = 0.0, sample_seed: int = 0, history: Sequence[int] | None = None
+               ) -> list[list[int]]:
+        """Run `steps` DFlash steps in one launch from `anchor` (the last emitted token, in
+        neither cache); returns the tokens each step committed (1..B each; the last one is
+        the next anchor). Both caches end at the new position. At `temperature` > 0 the
+        target's choices are samples (`counter_rng`) and acceptance is lossless for the
+        argmax drafter: the tokens are those sampled plain decoding would emit. `seed` and
+        `order` pick the CPU executor's worker interleavings (the GPU has its own).
+        `history`: the committed tokens both caches hold, for a program with copy drafting."""
+        self._check_kind("dflash", "dflash")
+        b = self.p.tokens
+        pos = begin_dflash_launch(steps, self._out.rows, self.cache, self.draft_cache, b)
+        hist = self._history.upload(history, pos)
+        self._begin([anchor], pos, temperature, sample_seed)
+        if hist is not None and len(hist[1]):
+            self._write_ints(*hist)
+        try:
+            self._launch_steps(steps, seed, order)
+        except BaseException:
+            self._history.forget()
+            raise
+        end = self._read_int(self._state + STATE_POS)
+        rows = end_dflash_launch(self.ints("out_tokens")[:steps], end, pos, self.cache, self.draft_cache, b)
+        self._history.launched(anchor, rows)
+        return rows
 
 
 class DFlashExecutor(Protocol):

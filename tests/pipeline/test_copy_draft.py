@@ -209,6 +209,30 @@ def test_the_history_accept_keeps_is_the_committed_text(weights, dweights):
     assert ex.ints("history")[0, :ex.cache.length].tolist() == PROMPT + committed[:-1]
 
 
+def test_a_launch_writes_only_the_history_the_buffer_lacks(weights, dweights, monkeypatch):
+    """The prompt at a request's first launch, nothing after it (ACCEPT extends the buffer);
+    all of it for another request or after a failed launch."""
+    ex, first = dflash_executor(weights, dweights, ALWAYS)
+    written: list[int] = []
+    real = ex._history.upload
+    monkeypatch.setattr(ex._history, "upload", lambda h, pos: (r := real(h, pos), written.append(len(r[1])))[0])
+    steps = generate(ex, first, 40, B, steps_per_launch=2, prompt=PROMPT)
+    assert written[0] == len(PROMPT) and len(written) > 2 and not any(written[1:])
+    committed = [t for s in steps for t in s]
+    assert ex.ints("history")[0, :ex.cache.length].tolist() == (PROMPT + committed)[:ex.cache.length]
+    ex.cache.length = ex.draft_cache.length = len(PROMPT)        # the same prompt again: a new request
+    (row,) = ex.dflash(first, 1, history=PROMPT)
+    assert written[-1] == len(PROMPT)
+    history = PROMPT + [first] + row[:-1]
+    run = ex._run
+    monkeypatch.setattr(ex, "_run", lambda *a, **k: (_ for _ in ()).throw(DeviceError("a failed launch")))
+    with pytest.raises(DeviceError):
+        ex.dflash(row[-1], 1, history=history)
+    monkeypatch.setattr(ex, "_run", run)
+    ex.dflash(row[-1], 1, history=history)
+    assert written[-1] == len(history)                           # not 0: the failed launch may have written
+
+
 def test_a_copying_program_needs_the_history(weights, dweights):
     ex, first = dflash_executor(weights, dweights, ALWAYS)
     with pytest.raises(InputError, match="pass history= the 43 committed tokens"):
