@@ -72,12 +72,16 @@ def chrome_trace(recs: list[TraceRecord], program: Program) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
 
-def op_summary(recs: list[TraceRecord], program: Program) -> dict[str, dict[str, float]]:
+def op_summary(recs: list[TraceRecord], program: Program,
+               label: Callable[[str, str], str] | None = None) -> dict[str, dict[str, float]]:
     """Per op: count, total and mean busy time (us), total wait time (us), and the part of
-    the busy time spent in prologues (ops that mark their body)."""
+    the busy time spent in prologues (ops that mark their body). `label(op, stage)` may
+    name the rows differently, as in `stage_floor_summary`."""
     out: dict[str, dict[str, float]] = {}
     for r in recs:
         op = Op(int(program.desc["op"][r.task])).name
+        if label:
+            op = label(op, program.stages[r.task])
         s = out.setdefault(op, {"count": 0, "busy_us": 0.0, "wait_us": 0.0, "prologue_us": 0.0})
         s["count"] += 1
         s["busy_us"] += (r.done - r.ready) / 1e3
@@ -114,6 +118,12 @@ def stage_floor_summary(recs: list[TraceRecord], program: Program,
         o["floor_us"] = o["bytes"] / bandwidth * 1e6
         o["pct_floor"] = 100.0 * o["floor_us"] / o["wall_us"] if o["wall_us"] > 0 else 0.0
     return out
+
+
+def stage_kind(op: str, stage: str) -> str:
+    """A row label for the summaries: the op and its stage's kind without the layer
+    ("LINEAR:qkv" for stage "L3.qkv"), so that the qkv, o and router GEMVs part."""
+    return f"{op}:{stage.split('.', 1)[-1]}"
 
 
 def write_trace(path: str | Path, recs, program: Program) -> Path:

@@ -23,7 +23,7 @@ from examples.bench_megakernel import DecodeBench, one_step, time_decode
 from tilewarp.pipeline.errors import TilewarpError
 from tilewarp.pipeline.graph.tiling import TilePolicy, default_policy
 from tilewarp.pipeline.presets import preset
-from tilewarp.runtime.trace import op_summary, stage_floor_summary
+from tilewarp.runtime.trace import op_summary, stage_floor_summary, stage_kind
 
 
 def parse_variants(text: str) -> list[tuple[str, str]]:
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2, help="passes over the variants (interleaved)")
     ap.add_argument("--ops", default="EXPERT_UP,EXPERT_DOWN,LINEAR", help="ops whose task times to print")
+    ap.add_argument("--by-stage", action="store_true",
+                    help="rows per op and stage kind (LINEAR:qkv, LINEAR:o, ...), not per op")
     args = ap.parse_args()
     variants = parse_variants(args.variants)
     ops = args.ops.split(",")
@@ -82,8 +84,10 @@ def main() -> None:
                     runner.tracing = True
                     one_step(runner)
                     recs = runner.trace_records()
-                    per_op[name] = op_summary(recs, bench.prog)
-                    walls[name] = stage_floor_summary(recs, bench.prog, [t.cost.bytes for t in bench.graph.tasks], 1.0)
+                    label = stage_kind if args.by_stage else None
+                    per_op[name] = op_summary(recs, bench.prog, label)
+                    walls[name] = stage_floor_summary(recs, bench.prog, [t.cost.bytes for t in bench.graph.tasks], 1.0,
+                                                      label)
                     span = (max(r.done for r in recs) - min(r.fetched for r in recs)) / 1e3
                     walls[name]["(traced step)"] = {"wall_us": span}
             except TilewarpError as e:   # a variant that breaks the kernel is a result too

@@ -11,7 +11,8 @@ from tilewarp.pipeline.graph.step import build_step
 from tilewarp.pipeline.lower import lower
 from tilewarp.pipeline.presets import preset
 from tilewarp.pipeline.schedule import DeviceModel, schedule
-from tilewarp.runtime.trace import TRACE_WORDS, TraceRecord, chrome_trace, op_summary, records, stage_floor_summary
+from tilewarp.runtime.trace import (TRACE_WORDS, TraceRecord, chrome_trace, op_summary, records, stage_floor_summary,
+                                    stage_kind)
 
 
 def program():
@@ -91,3 +92,15 @@ def test_the_floor_summary_can_label_stages_its_own_way():
     recs = [TraceRecord(0, task, 1, 0, 1_000, 3_000)]
     s = stage_floor_summary(recs, p, [1e6] * p.n_tasks, bandwidth=1e12, label=lambda op, st: f"{op} @ {st}")
     assert list(s) == [f"{Op(int(p.desc['op'][task])).name} @ {stage}"]
+
+
+def test_summaries_by_stage_kind_part_the_qkv_o_and_router_gemvs():
+    # tools/ab_defines.py --by-stage: "LINEAR:qkv", "LINEAR:o", ... over every layer
+    p = program()
+    recs = records(fake_raw(p, 64), p.workers, 64)
+    by_kind = op_summary(recs, p, stage_kind)
+    assert sum(s["count"] for s in by_kind.values()) == len(recs)
+    linear_kinds = {k for k in by_kind if k.startswith("LINEAR:")}
+    assert linear_kinds and linear_kinds <= {"LINEAR:qkv", "LINEAR:o", "LINEAR:router", "LINEAR:down"}
+    assert stage_kind("LINEAR", "L3.qkv") == "LINEAR:qkv" and stage_kind("SAMPLE", "sample") == "SAMPLE:sample"
+    assert set(stage_floor_summary(recs, p, [1.0] * p.n_tasks, 1e12, stage_kind)) == set(by_kind)
