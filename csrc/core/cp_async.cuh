@@ -26,3 +26,18 @@ template <int N>
 __device__ __forceinline__ void tw_cp_async_wait() {
     asm volatile("cp.async.wait_group %0;" : : "n"(N) : "memory");
 }
+
+// Until all but this lane's newest n groups have landed (n <= 8; more waits for 8).
+__device__ __forceinline__ void tw_cp_async_wait_n(int n) {
+    switch (n) {
+        case 0: tw_cp_async_wait<0>(); break;
+        case 1: tw_cp_async_wait<1>(); break;
+        case 2: tw_cp_async_wait<2>(); break;
+        case 3: tw_cp_async_wait<3>(); break;
+        case 4: tw_cp_async_wait<4>(); break;
+        case 5: tw_cp_async_wait<5>(); break;
+        case 6: tw_cp_async_wait<6>(); break;
+        case 7: tw_cp_async_wait<7>(); break;
+        default: tw_cp_async_wait<8>(); break;
+    }
+}

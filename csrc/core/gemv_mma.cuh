@@ -15,8 +15,9 @@
 // warp tracks outstanding register loads on six scoreboards, so the next block's loads
 // shared scoreboards with the current one's and each block waited for the full memory
 // latency. Commit groups keep up to TW_MMA_MAX_DEPTH blocks in flight, the first ones
-// issued before the task's input rows are staged. Measured on mimo-mini (docs/perf-notes.md
-// v9): an EXPERT_UP task body went from 26 to 17 us; depths 2, 4 and 8 are within 2%.
+// issued right behind the copies of the task's input rows (core/rows.cuh TW_ROWS_ASYNC) and
+// before the wait for them. Measured on mimo-mini (docs/perf-notes.md v9): an EXPERT_UP task
+// body went from 26 to 17 us; depths 2, 4 and 8 are within 2%.
 #pragma once
 #include <cuda_fp16.h>
 #include "core/gemv_desc.cuh"
@@ -31,14 +32,14 @@
 #define TW_MMA_PACK_T 4
 #endif
 static_assert(TW_MMA_PACK_T >= 0 && TW_MMA_PACK_T <= 4, "a packed mma holds hi and lo columns of up to 4 tokens");
-// Issue the weight stream before staging the input rows (1) or after (0).
+// Without TW_ROWS_ASYNC: issue the weight stream before staging the input rows (1) or after (0).
 #ifndef TW_MMA_PRIME_FIRST
 #define TW_MMA_PRIME_FIRST 1
 #endif
 #ifndef TW_MMA_MAX_DEPTH
 #define TW_MMA_MAX_DEPTH 8
 #endif
-static_assert(TW_MMA_MAX_DEPTH >= 1 && TW_MMA_MAX_DEPTH <= 8, "tw_cp_async_wait_n covers up to 7 newer groups");
+static_assert(TW_MMA_MAX_DEPTH >= 1 && TW_MMA_MAX_DEPTH <= 8, "tw_cp_async_wait_n covers up to 8 newer groups");
 static_assert(TW_WARPS * TW_MMA_TILES * 32 * 4 <= TW_SCRATCH_FLOATS, "every warp's accumulator tiles fit the scratch");
 // Floats of the stage kept for format F's ring when the input rows are staged: one slot
 // per warp.
@@ -155,20 +156,6 @@ __device__ __forceinline__ void tw_mma_issue(const TwGemv& g, TwMmaStream& st) {
     }
     st.ld_slot = st.ld_slot + 1 == st.depth ? 0 : st.ld_slot + 1;
     tw_cp_async_commit();
-}
-
-// Until all but this lane's newest n groups have landed (n < TW_MMA_MAX_DEPTH).
-__device__ __forceinline__ void tw_cp_async_wait_n(int n) {
-    switch (n) {
-        case 0: tw_cp_async_wait<0>(); break;
-        case 1: tw_cp_async_wait<1>(); break;
-        case 2: tw_cp_async_wait<2>(); break;
-        case 3: tw_cp_async_wait<3>(); break;
-        case 4: tw_cp_async_wait<4>(); break;
-        case 5: tw_cp_async_wait<5>(); break;
-        case 6: tw_cp_async_wait<6>(); break;
-        default: tw_cp_async_wait<7>(); break;
-    }
 }
 
 // Fill the ring: called before the input rows are staged, which the ring does not overlap.
@@ -342,11 +329,22 @@ template <class F>
 __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
     const int x_max = TW_STAGE_FLOATS - tw_mma_min_ring_floats<F>();
     TwMmaStream st = tw_mma_stream<F>(c, g, g.n * g.k <= x_max ? g.n * g.k : 0);
-    if (TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);   // the weights need none of the rows
-    c.mark_phase(9);
-    const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max,
-                                  wn_smem, F::kXScale);
-    if (!TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);
+    TwRows x;
+    if (TW_ROWS_ASYNC) {
+        // The rows' copies head the queue, the weights follow, then the wait for the rows.
+        __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
+        tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
+        tw_mma_prime<F>(g, st);
+        c.mark_phase(9);
+        x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max, wn_raw,
+                           F::kXScale, st.depth);
+    } else {
+        if (TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);   // the weights need none of the rows
+        c.mark_phase(9);
+        x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max,
+                         wn_smem, F::kXScale);
+        if (!TW_MMA_PRIME_FIRST) tw_mma_prime<F>(g, st);
+    }
     for (int pass = TW_EXP_TWICE ? 0 : 1; pass < 2; ++pass) {   // TW_EXP_TWICE: core/gemv_desc.cuh
         if (pass == 1) c.mark_phase(0);
         for (int ct = 0; 8 * ct < x.n; ++ct) {

@@ -28,18 +28,27 @@ __device__ __forceinline__ TwBf16Core::Ptrs tw_gemv_group<TwBf16Core>(const TwGe
     return {{w + (long long)n * g.k, n + 1 < g.n1 ? w + (long long)(n + 1) * g.k : nullptr}};
 }
 
-template <class Core>
-__device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g, const TwRows& x) {
+template <class Core, bool PrimeFirst, class StageX>
+__device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g, StageX stage_x) {
     const bool gated = g.w2 != nullptr;
     // Gated: a warp group is one output (gate and up rows); else two outputs.
     const int per = gated ? 1 : 2;
-    tw_gemv_walk<Core>(
-        x, g.n0 + per * tw_warp(), g.n1, per * TW_WARPS, [&](int n) { return tw_gemv_group<Core>(g, n); },
+    int n_rows = 0;   // the input rows, for the epilogue
+    tw_gemv_walk<Core, PrimeFirst>(
+        g.k, [&] {
+            const TwRows x = stage_x();
+            n_rows = x.n;
+            return x;
+        },
+        g.n0 + per * tw_warp(), g.n1, per * TW_WARPS, [&](int n) { return tw_gemv_group<Core>(g, n); },
         [&](int n, const float (&acc)[2][TW_MAX_T]) {
             if (tw_lane() != 0) return;
+            // Phase marks (TW_EXP_MARK): warp 0's first and last output groups done.
+            if (n == g.n0) c.mark_phase(21);
+            if (n + per * TW_WARPS >= g.n1) c.mark_phase(22);
 #pragma unroll
             for (int r = 0; r < TW_MAX_T; ++r) {
-                if (r >= x.n) break;
+                if (r >= n_rows) break;
                 float* o = g.out + (long long)(g.scatter ? c.s_tok[r] : r) * g.out_ld;
                 if (gated) {
                     o[n] = tw_silu(acc[0][r]) * acc[1][r];
@@ -78,11 +87,25 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
         return;
     }
 #endif
+    if (TW_ROWS_ASYNC && !TW_EXP_TWICE) {
+        // The rows' copies first, the weight ring behind them, then the wait for the rows.
+        const __nv_bfloat16* wn_raw = reinterpret_cast<const __nv_bfloat16*>(wn_smem);
+        tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, TW_X_STAGE_FLOATS,
+                      const_cast<__nv_bfloat16*>(wn_raw));
+        tw_gemv_run_core<TwBf16Core, true>(c, g, [&] {
+            const TwRows x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv,
+                                            c.s_stage, TW_X_STAGE_FLOATS, wn_raw, 1.f, TW_RING_DEPTH);
+            c.mark_phase(0);
+            return x;
+        });
+        return;
+    }
     const TwRows x = tw_load_rows(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
                                   TW_X_STAGE_FLOATS, wn_smem, 1.f);
-    if (TW_EXP_TWICE) tw_gemv_run_core<TwBf16Core>(c, g, x);
+    auto staged = [&] { return x; };
+    if (TW_EXP_TWICE) tw_gemv_run_core<TwBf16Core, false>(c, g, staged);
     c.mark_phase(0);
-    tw_gemv_run_core<TwBf16Core>(c, g, x);
+    tw_gemv_run_core<TwBf16Core, false>(c, g, staged);
 }
 
 // Dense input rows 0..n-1 (tokens in order): s_tok = identity.

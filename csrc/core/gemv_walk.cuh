@@ -45,14 +45,16 @@ __device__ __forceinline__ void tw_zero_acc(float (&acc)[2][TW_MAX_T]) {
         for (int r = 0; r < TW_MAX_T; ++r) acc[i][r] = 0.f;
 }
 
-// Groups first, first + stride, ... < end; rows_of(n) -> Core::Ptrs; finish(n, acc) is
-// called by every lane with the warp-reduced sums (acc[i][r] for r < x.n).
-template <class Core, class RowsOf, class Finish>
-__device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end, int stride, RowsOf rows_of,
-                                             Finish finish, unsigned char* ring) {
+// Groups first, first + stride, ... < end over k inputs; rows_of(n) -> Core::Ptrs;
+// finish(n, acc) is called by every lane with the warp-reduced sums (acc[i][r] for r < x.n).
+// stage_x() returns the input rows; every compute thread calls it once (it holds barriers),
+// before the ring is primed or, with PrimeFirst, after: the rows' copies then already head
+// the queue (TW_ROWS_ASYNC) and stage_x waits for them alone.
+template <class Core, bool PrimeFirst, class StageX, class RowsOf, class Finish>
+__device__ __forceinline__ void tw_gemv_walk(int k, StageX stage_x, int first, int end, int stride,
+                                             RowsOf rows_of, Finish finish, unsigned char* ring) {
     static_assert(sizeof(typename Core::Slot) <= TW_RING_SLOT_BYTES, "a chunk must fit a ring slot");
-    if (first >= end) return;
-    const int nc = Core::chunks(x.k);
+    const int nc = Core::chunks(k);
     auto slot = [&](int s) -> typename Core::Slot& {
         return *reinterpret_cast<typename Core::Slot*>(ring + s * TW_RING_SLOT_BYTES);
     };
@@ -62,7 +64,7 @@ __device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end
     typename Core::Ptrs lp = rows_of(first);
     auto refill = [&](int s) {
         if (ln < end) {
-            Core::load(slot(s), lp, x.k, lc);
+            Core::load(slot(s), lp, k, lc);
             if (++lc == nc) {
                 lc = 0;
                 ln += stride;
@@ -71,8 +73,15 @@ __device__ __forceinline__ void tw_gemv_walk(const TwRows& x, int first, int end
         }
         tw_cp_async_commit();
     };
+    TwRows x;
+    if (!PrimeFirst) x = stage_x();
 #pragma unroll
-    for (int s = 0; s < TW_RING_DEPTH; ++s) refill(s);
+    for (int s = 0; s < TW_RING_DEPTH; ++s) refill(s);   // commits even with no group (uniform counts)
+    if (PrimeFirst) x = stage_x();
+    if (first >= end) {
+        tw_cp_async_wait<0>();
+        return;
+    }
     float acc[2][TW_MAX_T];
     tw_zero_acc(acc);
     for (int n = first, c = 0, s = 0;;) {

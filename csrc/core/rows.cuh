@@ -12,10 +12,20 @@
 // 16-byte shared load touches 8 different bank groups: no conflicts.
 #pragma once
 #include "core/util.cuh"
+#include "core/cp_async.cuh"
 
 #define TW_STAGE_FLOATS (44 * 1024)  // 176 KB of the dynamic shared memory
 #ifndef TW_STAGE_UNROLL
 #define TW_STAGE_UNROLL 4
+#endif
+// GEMV input rows copied by cp.async ahead of the task's weight stream (tw_rows_issue /
+// tw_rows_finish: 1), or loaded with plain loads before the bf16 ring / after the MXFP4
+// prime (tw_load_rows: 0, the A/B baseline). Measured on an H200, mimo-mini: 1.497 -> 1.428
+// ms per decode step, 4.780 -> 4.477 per verify step of 8 (docs/perf-notes.md v15): staged
+// first, the rows' L2 round trip held up the weights' (qkv: 2.7 us of prologue before
+// the first weight request); primed first, the rows queued behind ~130 KB of weights.
+#ifndef TW_ROWS_ASYNC
+#define TW_ROWS_ASYNC 1
 #endif
 
 // Index of element c of a staged row (rows are whole 32-float blocks).
@@ -43,40 +53,20 @@ struct TwRows {
     }
 };
 
-// Prepares `rows` for src rows tok[0..n) (the caller fills `tok_smem` first, then syncs).
-// All compute threads call it; it ends with a barrier.
-// The rows are staged when they fit `stage_floats`; `wn_smem` (k floats, or nullptr)
-// receives the norm weight in the staging pass, so its loads overlap the rows' instead of
-// following the sum of squares. Every row comes out times `xscale`, a power of two (so
-// exactly), folded into the per-row factor: 1 for bf16 weights, TW_MXFP4_X_SCALE for MXFP4.
-__device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
-                               const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
-                               int stage_floats, float* wn_smem, float xscale) {
-    const int w = tw_warp(), lane = tw_lane();
-    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
-    const bool stage = n * k <= stage_floats && (k & 31) == 0 && (ld & 3) == 0
-                       && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
-    const int k4 = k / 4;
-    if (stage) {
-        // TW_STAGE_UNROLL loads in flight per thread before their stores: the rows come from
-        // L2, and one load per iteration waited ~1 us for each.
-        for (int i0 = threadIdx.x; i0 < n * k4; i0 += TW_STAGE_UNROLL * TW_THREADS) {
-            float4 v[TW_STAGE_UNROLL];
-#pragma unroll
-            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
-                const int i = i0 + u * TW_THREADS, r = i / k4;
-                if (i < n * k4) v[u] = __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + (i - r * k4));
-            }
-#pragma unroll
-            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
-                const int i = i0 + u * TW_THREADS, r = i / k4;
-                if (i < n * k4) reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * (i - r * k4)) >> 2] = v[u];
-            }
-        }
-        if (wn && wn_smem)
-            for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_bf16x8(wn + 8 * i, wn_smem + 8 * i);
-        tw_sync();
-    }
+__device__ __forceinline__ bool tw_rows_stageable(const float* src, int ld, int n, int k, int stage_floats) {
+    return n * k <= stage_floats && (k & 31) == 0 && (ld & 3) == 0
+           && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
+}
+
+// After the staged rows (and the norm weight, as fp32 in wn_f or bf16 in wn_b, both shared
+// memory) are in place and a barrier passed: the per-row factor (1/rms times xscale) and,
+// for staged rows, the rows scaled in place. All compute threads; ends with a barrier.
+__device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const int* tok_smem, float eps,
+                                  float* inv_smem, float* stage_smem, const float* wn_f, const __nv_bfloat16* wn_b,
+                                  float xscale) {
+    const int w = tw_warp(), lane = tw_lane(), n = rows.n, k = rows.k, k4 = k / 4;
+    const bool stage = stage_smem != nullptr;
+    const __nv_bfloat16* wn = rows.wn;
     if (wn) {   // the sum of squares only when there is a norm
         for (int r = w; r < n; r += TW_WARPS) {
             float ss = 0.f;
@@ -112,9 +102,16 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
                 float4 v = st4[i];
                 v.x *= f, v.y *= f, v.z *= f, v.w *= f;
                 if (wn) {
-                    const float4 g = wn_smem ? *reinterpret_cast<const float4*>(wn_smem + c)
-                                             : make_float4(tw_bf16(wn[c]), tw_bf16(wn[c + 1]), tw_bf16(wn[c + 2]),
-                                                           tw_bf16(wn[c + 3]));
+                    float4 g;
+                    if (wn_f) {
+                        g = *reinterpret_cast<const float4*>(wn_f + c);
+                    } else if (wn_b) {
+                        const uint2 raw = *reinterpret_cast<const uint2*>(wn_b + c);
+                        const float2 a = tw_bf16x2(raw.x), b = tw_bf16x2(raw.y);
+                        g = make_float4(a.x, a.y, b.x, b.y);
+                    } else {
+                        g = make_float4(tw_bf16(wn[c]), tw_bf16(wn[c + 1]), tw_bf16(wn[c + 2]), tw_bf16(wn[c + 3]));
+                    }
                     v.x *= g.x, v.y *= g.y, v.z *= g.z, v.w *= g.w;
                 }
                 st4[i] = v;
@@ -123,5 +120,73 @@ __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, in
         }
         rows.staged = stage_smem;
     }
+}
+
+// Prepares `rows` for src rows tok[0..n) (the caller fills `tok_smem` first, then syncs).
+// All compute threads call it; it ends with a barrier.
+// The rows are staged when they fit `stage_floats`; `wn_smem` (k floats, or nullptr)
+// receives the norm weight in the staging pass, so its loads overlap the rows' instead of
+// following the sum of squares. Every row comes out times `xscale`, a power of two (so
+// exactly), folded into the per-row factor: 1 for bf16 weights, TW_MXFP4_X_SCALE for MXFP4.
+__device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
+                               const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
+                               int stage_floats, float* wn_smem, float xscale) {
+    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
+    const bool stage = tw_rows_stageable(src, ld, n, k, stage_floats);
+    const int k4 = k / 4;
+    if (stage) {
+        // TW_STAGE_UNROLL loads in flight per thread before their stores: the rows come from
+        // L2, and one load per iteration waited ~1 us for each.
+        for (int i0 = threadIdx.x; i0 < n * k4; i0 += TW_STAGE_UNROLL * TW_THREADS) {
+            float4 v[TW_STAGE_UNROLL];
+#pragma unroll
+            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
+                const int i = i0 + u * TW_THREADS, r = i / k4;
+                if (i < n * k4) v[u] = __ldcg(reinterpret_cast<const float4*>(src + (long long)tok_smem[r] * ld) + (i - r * k4));
+            }
+#pragma unroll
+            for (int u = 0; u < TW_STAGE_UNROLL; ++u) {
+                const int i = i0 + u * TW_THREADS, r = i / k4;
+                if (i < n * k4) reinterpret_cast<float4*>(stage_smem + r * k)[tw_swz(4 * (i - r * k4)) >> 2] = v[u];
+            }
+        }
+        if (wn && wn_smem)
+            for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_bf16x8(wn + 8 * i, wn_smem + 8 * i);
+        tw_sync();
+    }
+    tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr,
+                      wn_smem, nullptr, xscale);
+    return rows;
+}
+
+// The same rows in two halves around the caller's weight stream (TW_ROWS_ASYNC): issue
+// copies the rows and the norm weight's bf16 (to `wn_raw`, k / 2 floats of shared memory,
+// 16-byte aligned; when the weight is too) with cp.async and commits them as one group, so
+// that they head the SM's memory queue; the caller then issues its weights (`newer`
+// commit groups) and tw_rows_finish waits for the rows alone and normalises them. Rows
+// that do not fit the stage are read from L2 as tw_load_rows does. All compute threads.
+__device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int n, int k, const __nv_bfloat16* wn,
+                              float* stage_smem, int stage_floats, __nv_bfloat16* wn_raw) {
+    if (tw_rows_stageable(src, ld, n, k, stage_floats)) {
+        const int k4 = k / 4;
+        for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
+            const int r = i / k4, c = 4 * (i - r * k4);
+            tw_cp_async16(stage_smem + r * k + tw_swz(c), src + (long long)tok_smem[r] * ld + c);
+        }
+        if (wn && wn_raw)
+            for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_cp_async16(wn_raw + 8 * i, wn + 8 * i);
+    }
+    tw_cp_async_commit();
+}
+
+__device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, int n, int k,
+                                 const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
+                                 int stage_floats, const __nv_bfloat16* wn_raw, float xscale, int newer) {
+    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
+    const bool stage = tw_rows_stageable(src, ld, n, k, stage_floats);
+    tw_cp_async_wait_n(newer);   // this thread's copies of the rows have landed
+    tw_sync();                   // and every thread's
+    tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr, nullptr,
+                      stage ? wn_raw : nullptr, xscale);
     return rows;
 }
