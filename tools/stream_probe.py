@@ -39,15 +39,15 @@ k_cpasync(const uint4* __restrict__ w, long long bytes, int depth, u64* t, unsig
         const long long nchunks = bytes / 2048;   // 2 KB: 4 x 16 B per lane
         uint4* ring = sm + warp * depth * 128;
         long long issued = warp, used = warp;
-        for (int s = 0; s < depth; ++s) {
-            if (issued < nchunks) {
+        auto issue = [&](int s) {   // the warp's next chunk into slot s; a group either way
+            if (issued < nchunks)
                 for (int u = 0; u < 4; ++u)
                     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(sa(ring + s * 128 + u * 32 + lane)),
                                  "l"(base + issued * 128 + u * 32 + lane) : "memory");
-            }
             asm volatile("cp.async.commit_group;" ::: "memory");
             issued += WARPS;
-        }
+        };
+        for (int s = 0; s < depth; ++s) issue(s);
         for (int s = 0; used < nchunks; used += WARPS) {
             if (depth == 8) asm volatile("cp.async.wait_group 7;" ::: "memory");
             else asm volatile("cp.async.wait_group 5;" ::: "memory");
@@ -55,13 +55,7 @@ k_cpasync(const uint4* __restrict__ w, long long bytes, int depth, u64* t, unsig
                 const uint4 v = ring[s * 128 + u * 32 + lane];
                 acc ^= v.x ^ v.y ^ v.z ^ v.w;
             }
-            if (issued < nchunks) {
-                for (int u = 0; u < 4; ++u)
-                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(sa(ring + s * 128 + u * 32 + lane)),
-                                 "l"(base + issued * 128 + u * 32 + lane) : "memory");
-            }
-            asm volatile("cp.async.commit_group;" ::: "memory");
-            issued += WARPS;
+            issue(s);
             s = s + 1 == depth ? 0 : s + 1;
         }
         asm volatile("cp.async.wait_group 0;" ::: "memory");
