@@ -5,7 +5,8 @@
 # tables are printed last.
 #   tools/session_check.sh "base=TW_FOO=0;new=" [A/B seconds] [test seconds] [step sizes, default "1 8"]
 # Variants that only exist in one-token builds want
-# step sizes "1": a T = 8 build refuses them. AB_OPS=OP,OP picks the ops whose task times print.
+# step sizes "1": a T = 8 build refuses them. AB_OPS=OP,OP picks the ops whose task times print;
+# AB_BY_STAGE=1 makes the rows op and stage kind (AB_OPS=LINEAR:qkv,LINEAR:o,...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source tools/gpu_env.sh
@@ -16,7 +17,7 @@ sizes=${4:-1 8}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
 ab() {
     timeout "$ab_s" python3 -P tools/ab_defines.py --variants "$variants" --tokens "$1" --rounds 3 \
-        --ops "${AB_OPS:-EXPERT_UP,EXPERT_DOWN,ROUTE,LINEAR}" > "$OUT/ab_t$1.log" 2>&1
+        --ops "${AB_OPS:-EXPERT_UP,EXPERT_DOWN,ROUTE,LINEAR}" ${AB_BY_STAGE:+--by-stage} > "$OUT/ab_t$1.log" 2>&1
     echo "ab T=$1 exit $?" >> "$OUT/ab_t$1.log"
 }
 first=${sizes%% *}
