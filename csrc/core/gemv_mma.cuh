@@ -23,6 +23,7 @@
 #include "core/gemv_desc.cuh"
 #include "core/cp_async.cuh"
 #include "core/rows.cuh"
+#include "core/prefetch.cuh"
 
 #define TW_MMA_TILES 8                // accumulator tiles per warp in shared memory (the most a pass has)
 // Up to this many tokens, the hi and lo halves of a token's input share one mma as two of
@@ -335,6 +336,13 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
         __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
         tw_mma_prime<F>(g, st);
+#if TW_UP_PREFETCH_DOWN
+        if (threadIdx.x == 0 && g.l2_next[0]) {   // a hint for a later task, behind our own weights
+            TwPrefetch pf{TW_PREFETCH_TASK_BYTES};
+            pf.range(g.l2_next[0], g.l2_next_bytes[0]);
+            pf.range(g.l2_next[1], g.l2_next_bytes[1]);
+        }
+#endif
         c.mark_phase(9);
         x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max, wn_raw,
                            F::kXScale, st.depth);
