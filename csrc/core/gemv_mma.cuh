@@ -172,11 +172,33 @@ __device__ __forceinline__ void tw_mma_prime(const TwGemv& g, TwMmaStream& st) {
 // one small body for any tile count, where register accumulators need a compile-time
 // tile index (the unrolled loop with a `break` per tile serialised every tile's mma
 // chain: 12 of the 17 us of an EXPERT_UP task's body, measured with the math switched off).
+// With TW_MMA_CHAIN_K16 the two k16 steps of a half chain in the tensor core (two chains per
+// tile, hi and lo, kept apart as in the packed walk) instead of four chains summed after
+// it: 8 fewer zeroed registers and 6 fewer adds per tile and block, the T >= 5 walk's
+// per-tile cost (docs/perf-notes.md v15, Next).
+#ifndef TW_MMA_CHAIN_K16
+#define TW_MMA_CHAIN_K16 0
+#endif
 template <class F>
 __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int scale_at, int i,
                                                  const unsigned int (&bh)[2][2], const unsigned int (&bl)[2][2],
                                                  float4* acc) {
     const int gq = tw_lane() >> 2;
+#if TW_MMA_CHAIN_K16
+    float c[2][2][4];   // [tile][hi, lo]
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) c[t][0][e] = c[t][1][e] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            unsigned int a[4];
+            F::fragment(slot + (i + t) * F::kTileBytes, s, a);
+            F::mma(c[t][0], a, bh[s][0], bh[s][1]);
+            F::mma(c[t][1], a, bl[s][0], bl[s][1]);
+        }
+    }
+#else
     float c[2][4][4];
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
@@ -190,13 +212,19 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
             F::mma(c[t][2 * s + 1], a, bl[s][0], bl[s][1]);
         }
     }
+#endif
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
         // c0, c1: row gq; c2, c3: row gq + 8 (tokens 2tq, 2tq + 1).
         const float2 f = F::row_factors(slot + scale_at + (i + t) * F::kScaleBytes, gq);
         float v[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = (c[t][0][e] + c[t][1][e]) + (c[t][2][e] + c[t][3][e]);
+        for (int e = 0; e < 4; ++e)
+#if TW_MMA_CHAIN_K16
+            v[e] = c[t][0][e] + c[t][1][e];
+#else
+            v[e] = (c[t][0][e] + c[t][1][e]) + (c[t][2][e] + c[t][3][e]);
+#endif
         float4 a = acc[(i + t) * 32];
         a.x += v[0] * f.x;
         a.y += v[1] * f.x;
