@@ -5,6 +5,7 @@
 // rotation and reads the draft layers' shapes and caches through the same layer table.
 #pragma once
 #include "core/context.cuh"
+#include "core/cp_async.cuh"
 
 // Element d of one head row after rotate-half RoPE at the position whose table rows are
 // cs_row / sn_row; `at(e)` gives element e of the (pre-rotation) head row.
@@ -70,9 +71,86 @@ __device__ void tw_store_v(const TwCtx& c, const TwLayer& L, const float* qkv, i
     }
 }
 
+// Staged ROPE_KV (TW_ROPE_STAGED): the loops above load, compute and store element by
+// element, and a load of the next element cannot pass the store of this one (the pointers
+// may alias), so each trip of a thread is one L2 round trip: 22 trips a thread at T = 8
+// (~11 us a layer), 3 at T = 1. Here every input is copied to shared memory first with
+// cp.async (the kv head's q, k and v rows: no dependence on the position; then the
+// table's cos / sin rows at pos..pos+t-1), then the same arithmetic (tw_rope_elem) writes
+// the outputs: two round trips at any T.
+#ifndef TW_ROPE_STAGED
+#define TW_ROPE_STAGED 0
+#endif
+
+// Floats of the stage a staged ROPE_KV needs for t rows, or 0 if its copies cannot be
+// 16-byte ones (then the element loops run).
+__device__ __forceinline__ int tw_rope_stage_floats(const TwLayer& L, int t, int ld, const TwWeight& rope) {
+    const int hd = L.head_dim, vd = L.v_dim, grp = L.heads / L.kv_heads;
+    if ((hd | vd | ld | rope.cols) & 3) return 0;
+    return t * ((grp + 1) * hd + vd) + 2 * t * rope.cols;
+}
+
+__device__ void tw_rope_kv_staged(const TwCtx& c, const int* a, const TwLayer& L, int t, int h, int ld,
+                                  const TwWeight& rope) {
+    const int hd = L.head_dim, vd = L.v_dim, grp = L.heads / L.kv_heads, half = L.rotary_dim / 2;
+    const int nq = L.heads * hd, nk = L.kv_heads * hd, cols = rope.cols;
+    const int qw = grp * hd, rw = qw + hd + vd;   // a staged row: q heads, k head, v head
+    const float* qkv = c.arena + a[TW_ROPE_KV_QKV_OFF];
+    float* rows = c.s_stage;                       // [t][rw]
+    float* cs = rows + t * rw;                     // [t][cols] cos, then [t][cols] sin
+    float* sn = cs + t * cols;
+    // Row r's three pieces are contiguous in qkv: q heads at h * qw, k at nq + h * hd, v at
+    // nq + nk + h * vd; 16-byte copies (tw_rope_stage_floats checked the alignment).
+    const int q4 = qw / 4, k4 = hd / 4, v4 = vd / 4, r4 = q4 + k4 + v4;
+    for (int i = threadIdx.x; i < t * r4; i += TW_THREADS) {
+        const int r = i / r4, j = i - r * r4;
+        const float* src = qkv + (long long)r * ld;
+        src += j < q4 ? h * qw + 4 * j : j < q4 + k4 ? nq + h * hd + 4 * (j - q4) : nq + nk + h * vd + 4 * (j - q4 - k4);
+        tw_cp_async16(rows + r * rw + 4 * j, src);
+    }
+    tw_cp_async_commit();
+    const int pos = c.pos(a[TW_ROPE_KV_STATE_OFF]);   // while the rows are on their way
+    const float* cos_t = reinterpret_cast<const float*>(rope.a) + (long long)pos * cols;
+    const float* sin_t = reinterpret_cast<const float*>(rope.b) + (long long)pos * cols;
+    for (int i = threadIdx.x; i < t * cols / 4; i += TW_THREADS) {   // rows pos..pos+t-1: contiguous
+        tw_cp_async16(cs + 4 * i, cos_t + 4 * i);
+        tw_cp_async16(sn + 4 * i, sin_t + 4 * i);
+    }
+    tw_cp_async_commit();
+    tw_cp_async_wait<0>();
+    tw_sync();
+    float* q_out = c.arena + a[TW_ROPE_KV_Q_OFF];
+    const int q_ld = a[TW_ROPE_KV_Q_LD];
+    __nv_bfloat16* kc = reinterpret_cast<__nv_bfloat16*>(L.k);
+    __nv_bfloat16* vc = reinterpret_cast<__nv_bfloat16*>(L.v);
+    for (int i = threadIdx.x; i < t * rw; i += TW_THREADS) {
+        const int r = i / rw, e = i - r * rw;
+        const float* row = rows + r * rw;
+        const int slot = (pos + r) % L.slots;
+        if (e < qw + hd) {   // a q head (e < qw) or the k head: rotated
+            const int j = e / hd, d = e - j * hd;
+            const float* head = row + j * hd;
+            const float v = tw_rope_elem([&](int x) { return head[x]; }, d, half, cs + r * cols, sn + r * cols);
+            if (j < grp) q_out[r * q_ld + (h * grp + j) * hd + d] = v;
+            else kc[((long long)h * L.slots + slot) * hd + d] = __float2bfloat16_rn(v);
+        } else {
+            const int d = e - qw - hd;
+            vc[((long long)h * L.slots + slot) * vd + d] = __float2bfloat16_rn(row[e] * L.value_scale);
+        }
+    }
+}
+
 __device__ void tw_op_rope_kv(const TwCtx& c, const int* a) {
     const TwLayer L = c.layers[a[TW_ROPE_KV_LAYER]];
     const int t = a[TW_ROPE_KV_T], h = a[TW_ROPE_KV_KVH], ld = a[TW_ROPE_KV_QKV_LD];
+#if TW_ROPE_STAGED
+    const TwWeight& rope = c.wt[a[TW_ROPE_KV_W_ROPE]];
+    const int need = tw_rope_stage_floats(L, t, ld, rope);
+    if (need > 0 && need <= TW_STAGE_FLOATS) {
+        tw_rope_kv_staged(c, a, L, t, h, ld, rope);
+        return;
+    }
+#endif
     const int pos = c.pos(a[TW_ROPE_KV_STATE_OFF]);
     const float* qkv = c.arena + a[TW_ROPE_KV_QKV_OFF];
     tw_rope_qk(c, L, qkv, ld, t, h, pos, c.wt[a[TW_ROPE_KV_W_ROPE]], c.arena + a[TW_ROPE_KV_Q_OFF],
