@@ -29,6 +29,14 @@
 #endif
 // Most experts a token chooses (runtime/megakernel.py refuses a model with more).
 #define TW_MAX_TOP_K 8
+
+// Small ops issue the loads of TW_HOIST_LOAD_TRIPS elements a thread before the first of
+// their stores (1), not element by element (0: each store may alias the next element's
+// loads, so every trip of a thread's loop is one L2 round trip after the last).
+#ifndef TW_HOIST_LOADS
+#define TW_HOIST_LOADS 0
+#endif
+#define TW_HOIST_LOAD_TRIPS (TW_MAX_T >= 16 ? 2 : 4)   // 4 spilled the 16-token build (92 bytes)
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

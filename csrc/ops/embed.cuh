@@ -7,10 +7,26 @@
 template <class Row>
 __device__ __forceinline__ void tw_gather_bf16_rows(float* out, int ld, int t, int c0, int c1, Row row) {
     const int w = c1 - c0;
+#if TW_HOIST_LOADS   // core/util.cuh: the loads of several elements before their stores
+    for (int i0 = threadIdx.x; i0 < t * w; i0 += TW_HOIST_LOAD_TRIPS * TW_THREADS) {
+        float v[TW_HOIST_LOAD_TRIPS];
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u) {
+            const int i = i0 + u * TW_THREADS, r = i / w;
+            if (i < t * w) v[u] = tw_bf16(row(r)[c0 + i % w]);
+        }
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u) {
+            const int i = i0 + u * TW_THREADS, r = i / w;
+            if (i < t * w) out[r * ld + c0 + i % w] = v[u];
+        }
+    }
+#else
     for (int i = threadIdx.x; i < t * w; i += TW_THREADS) {
         const int r = i / w, col = c0 + i % w;
         out[r * ld + col] = tw_bf16(row(r)[col]);
     }
+#endif
 }
 
 __device__ void tw_op_embed(const TwCtx& c, const int* a) {

@@ -20,6 +20,37 @@ __device__ void tw_op_moe_combine(const TwCtx& c, const int* a) {
         s_w[i] = __int_as_float(tw_ldi(tab + f_weight + i));
     }
     tw_sync();
+#if TW_HOIST_LOADS
+    const float* resid = c.arena + a[TW_MOE_COMBINE_RESID_OFF];
+    const int rld = a[TW_MOE_COMBINE_RESID_LD];
+    float* out = c.arena + a[TW_MOE_COMBINE_OUT_OFF];
+    const int old = a[TW_MOE_COMBINE_OUT_LD];
+    // TW_HOIST_LOAD_TRIPS elements a thread, every load issued before the first store: a
+    // store may alias the next element's loads, so element by element each trip was one
+    // L2 round trip after the last (3 at T = 8).
+    for (int i0 = threadIdx.x; i0 < t * w; i0 += TW_HOIST_LOAD_TRIPS * TW_THREADS) {
+        float yv[TW_HOIST_LOAD_TRIPS][TW_MAX_TOP_K], rv[TW_HOIST_LOAD_TRIPS];
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u) {
+            const int i = i0 + u * TW_THREADS, r = i / w, col = c0 + i - r * w;
+            if (i >= t * w) break;
+#pragma unroll
+            for (int j = 0; j < TW_MAX_TOP_K; ++j)
+                if (j < k) yv[u][j] = tw_ld(y + (s_slot[r * k + j] * t + r) * yld + col);
+            rv[u] = tw_ld(resid + r * rld + col);
+        }
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u) {
+            const int i = i0 + u * TW_THREADS, r = i / w, col = c0 + i - r * w;
+            if (i >= t * w) break;
+            float acc = rv[u];
+#pragma unroll
+            for (int j = 0; j < TW_MAX_TOP_K; ++j)
+                if (j < k) acc += s_w[r * k + j] * yv[u][j];
+            out[r * old + col] = acc;
+        }
+    }
+#else
     for (int i = threadIdx.x; i < t * w; i += TW_THREADS) {
         const int r = i / w, col = c0 + i - r * w;
         float yv[TW_MAX_TOP_K];
@@ -32,4 +63,5 @@ __device__ void tw_op_moe_combine(const TwCtx& c, const int* a) {
             if (j < k) acc += s_w[r * k + j] * yv[j];
         c.arena[a[TW_MOE_COMBINE_OUT_OFF] + r * a[TW_MOE_COMBINE_OUT_LD] + col] = acc;
     }
+#endif
 }

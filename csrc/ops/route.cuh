@@ -70,8 +70,20 @@ __device__ void tw_op_route(const TwCtx& c, const int* a) {
         used[i] = 0;
         biasf[i] = tw_bf16(bias[i]);
     }
+#if TW_HOIST_LOADS   // core/util.cuh: the loads of several elements before their stores
+    for (int i0 = threadIdx.x; i0 < t * e; i0 += TW_HOIST_LOAD_TRIPS * TW_THREADS) {
+        float l[TW_HOIST_LOAD_TRIPS];
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u)
+            if (i0 + u * TW_THREADS < t * e) l[u] = tw_ld(logits + i0 + u * TW_THREADS);
+#pragma unroll
+        for (int u = 0; u < TW_HOIST_LOAD_TRIPS; ++u)
+            if (i0 + u * TW_THREADS < t * e) score[i0 + u * TW_THREADS] = 1.f / (1.f + expf(-l[u]));
+    }
+#else
 #pragma unroll 4
     for (int i = threadIdx.x; i < t * e; i += TW_THREADS) score[i] = 1.f / (1.f + expf(-tw_ld(logits + i)));
+#endif
     tw_sync();
     const int w = tw_warp(), lane = tw_lane();
     const bool norm = c.p->norm_topk_prob;
