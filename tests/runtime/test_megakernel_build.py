@@ -35,3 +35,19 @@ def test_tilewarp_defines_add_csrc_macros_for_experiments(monkeypatch):
     monkeypatch.setenv("TILEWARP_DEFINES", "2BAD=1")
     with pytest.raises(DeviceError, match="'2BAD=1' is not NAME=VALUE"):
         extra_defines()
+
+
+
+#: The A/B switches waiting for a GPU run (docs/perf-notes.md, Next), each alone (the
+#: kernel sits at its register cap, so some pairs spill and are checked when adopted), and
+#: the v12 path of the GEMV rows: an experiment that no longer builds would cost a device
+#: call to find out.
+EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_HOIST_LOADS=1", "TW_MMA_CHAIN_K16=1", "TW_UP_PREFETCH_DOWN=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("defines,tokens", [(d, 8) for d in EXPERIMENTS] + [("TW_ROWS_ASYNC=0", 1)])
+def test_each_experiment_switch_compiles_with_no_spills(tmp_path, monkeypatch, defines, tokens):
+    monkeypatch.setenv("TILEWARP_DEFINES", defines)
+    k = build_megakernel(tokens, cache_dir=tmp_path).report.kernel("tw_megakernel")
+    assert k.spill_store_bytes == 0 and k.stack_frame_bytes == 0, k
