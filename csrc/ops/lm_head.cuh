@@ -27,6 +27,64 @@ __device__ __forceinline__ TwGemv tw_gemv_lm_head(const TwCtx& c, const int* a) 
 
 // After the GEMV (and a barrier): the tile's (max, first argmax) per row; a row with a NaN
 // or infinite logit gets (+inf, TW_NONFINITE_TOKEN) instead, which wins the reduction.
+#if TW_HOIST_LOADS
+// Every warp takes a share of every row's columns (a warp per row left the other warps idle
+// and each lane's ~37 loads of a 1156-column tile in a chain of round trips at T = 1), then
+// the warps' (max, first argmax) are reduced in warp order. The same result: the largest
+// value, the lowest column among equals, any non-finite logit flagging its row.
+__device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
+    const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
+    const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
+    const int ld = a[TW_LM_HEAD_LOGITS_LD];
+    const int* state = a[TW_LM_HEAD_STATE_OFF] >= 0 ? c.arena_i + a[TW_LM_HEAD_STATE_OFF] : nullptr;
+    const float inv_temp = state ? __int_as_float(tw_ldi(state + TW_STATE_INV_TEMP)) : 0.f;
+    const unsigned int seed = inv_temp != 0.f ? (unsigned int)tw_ldi(state + TW_STATE_SEED) : 0u;
+    const int pos = inv_temp != 0.f ? tw_ldi(state + TW_STATE_POS) : 0;
+    float* s_best = c.s_scratch;                                   // [t][TW_WARPS]
+    int* s_arg = reinterpret_cast<int*>(s_best + TW_MAX_T * TW_WARPS);
+    int* s_bad = s_arg + TW_MAX_T * TW_WARPS;
+    const int w = tw_warp(), lane = tw_lane();
+    for (int r = 0; r < t; ++r) {
+        const unsigned int row_key = inv_temp != 0.f ? tw_rng_row(seed, (unsigned int)(pos + 1 + r)) : 0u;
+        float best = -INFINITY;
+        int arg = 0x7fffffff;
+        bool bad = false;
+#pragma unroll 4
+        for (int n = n0 + w * 32 + lane; n < n1; n += 32 * TW_WARPS) {
+            float v = tw_ld(logits + r * ld + n);
+            bad |= !isfinite(v);
+            if (inv_temp != 0.f) v = tw_sample_score(v, inv_temp, row_key, (unsigned int)n);
+            if (v > best || (v == best && n < arg)) { best = v; arg = n; }
+        }
+        tw_warp_argmax(best, arg);
+        bad = __any_sync(0xffffffffu, bad);
+        if (lane == 0) {
+            s_best[r * TW_WARPS + w] = best;
+            s_arg[r * TW_WARPS + w] = arg;
+            s_bad[r * TW_WARPS + w] = bad;
+        }
+    }
+    tw_sync();
+    for (int r = threadIdx.x; r < t; r += TW_THREADS) {
+        float best = -INFINITY;
+        int arg = 0x7fffffff;
+        bool bad = false;
+        for (int ww = 0; ww < TW_WARPS; ++ww) {
+            const float b = s_best[r * TW_WARPS + ww];
+            const int g = s_arg[r * TW_WARPS + ww];
+            if (b > best || (b == best && g < arg)) { best = b; arg = g; }
+            bad |= s_bad[r * TW_WARPS + ww] != 0;
+        }
+        if (bad) {   // SAMPLE / ARGMAX_ROWS refuse the row (ops/sample.cuh)
+            best = INFINITY;
+            arg = TW_NONFINITE_TOKEN;
+        }
+        float* b = c.arena + a[TW_LM_HEAD_BEST_OFF] + r * 2;
+        b[0] = best;
+        b[1] = (float)arg;
+    }
+}
+#else
 __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
     const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
     const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
@@ -61,6 +119,7 @@ __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
         }
     }
 }
+#endif
 
 __device__ void tw_prefetch_lm_head(const TwCtx& c, const int* a, TwPrefetch& pf) {
     tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LM_HEAD_W]), a[TW_LM_HEAD_K], a[TW_LM_HEAD_N0], a[TW_LM_HEAD_N1]);
