@@ -13,6 +13,21 @@ __device__ void tw_op_draft_rope_kv(const TwCtx& c, const int* a) {
     const int pos = c.pos(a[TW_DRAFT_ROPE_KV_STATE_OFF]);
     const float* qkv = c.arena + a[TW_DRAFT_ROPE_KV_QKV_OFF];
     const bool with_q = a[TW_DRAFT_ROPE_KV_Q_OFF] >= 0;
+#if TW_ROPE_STAGED   // ops/rope_kv.cuh: every input in shared memory first, two round trips
+    {
+        const TwWeight& rope = c.wt[a[TW_DRAFT_ROPE_KV_W_ROPE]];
+        const __nv_bfloat16* wq = c.vec_or_null(a[TW_DRAFT_ROPE_KV_W_QNORM]);
+        const __nv_bfloat16* wk = c.bf16(a[TW_DRAFT_ROPE_KV_W_KNORM]);
+        const int need = tw_rope_stage_floats(L, t, with_q ? grp + 1 : 1, ld, rope);
+        const bool aligned = ((reinterpret_cast<unsigned long long>(wk) | (with_q ? reinterpret_cast<unsigned long long>(wq) : 0)) & 15) == 0;
+        if (need > 0 && need <= TW_STAGE_FLOATS && aligned && t * (grp + 1) <= TW_SCRATCH_FLOATS) {
+            tw_rope_kv_staged(c, L, qkv, ld, t, h, a[TW_DRAFT_ROPE_KV_STATE_OFF], rope,
+                              with_q ? c.arena + a[TW_DRAFT_ROPE_KV_Q_OFF] : nullptr, a[TW_DRAFT_ROPE_KV_Q_LD], true,
+                              wq, wk);
+            return;
+        }
+    }
+#endif
     // 1 / rms of every head row (r, j), j == grp the k head: a warp per row. fp32 with
     // correctly rounded divide and sqrt, as the CPU's x * rsqrt(mean(x^2) + eps).
     float* inv = c.s_scratch;   // [t][grp + 1]

@@ -82,34 +82,51 @@ __device__ void tw_store_v(const TwCtx& c, const TwLayer& L, const float* qkv, i
 #define TW_ROPE_STAGED 0
 #endif
 
-// Floats of the stage a staged ROPE_KV needs for t rows, or 0 if its copies cannot be
-// 16-byte ones (then the element loops run).
-__device__ __forceinline__ int tw_rope_stage_floats(const TwLayer& L, int t, int ld, const TwWeight& rope) {
-    const int hd = L.head_dim, vd = L.v_dim, grp = L.heads / L.kv_heads;
-    if ((hd | vd | ld | rope.cols) & 3) return 0;
-    return t * ((grp + 1) * hd + vd) + 2 * t * rope.cols;
+// Floats of the stage a staged rope of t rows and nh rotated heads needs (rows, the cos /
+// sin rows, the two norm weights' bf16), or 0 if its copies cannot all be 16-byte ones
+// (then the element loops run).
+__device__ __forceinline__ int tw_rope_stage_floats(const TwLayer& L, int t, int nh, int ld, const TwWeight& rope) {
+    const int hd = L.head_dim, vd = L.v_dim;
+    if ((hd | vd | ld | rope.cols) & 3 || (hd & 7)) return 0;
+    return t * (nh * hd + vd) + 2 * t * rope.cols + hd;
 }
 
-__device__ void tw_rope_kv_staged(const TwCtx& c, const int* a, const TwLayer& L, int t, int h, int ld,
-                                  const TwWeight& rope) {
+// ROPE_KV / DRAFT_ROPE_KV from shared memory (TW_ROPE_STAGED): for kv head h, rows r < t at
+// positions pos + r, the rotated q heads (into q_out, when not null) and k head (into the
+// cache), and v times the value scale (into the cache). With `norm`, every head row is first
+// scaled as DRAFT_ROPE_KV's per-head RMSNorm: x * inv * w (w = wq for q heads, wk for the k
+// head; inv = 1 / sqrt(mean(x^2) + eps), the lanes' sums as the element loops take them).
+// Copies: the rows (no dependence on the position), then, once the position is read, the
+// cos / sin rows; the same arithmetic as tw_rope_qk / tw_store_v, so the same results.
+__device__ void tw_rope_kv_staged(const TwCtx& c, const TwLayer& L, const float* qkv, int ld, int t, int h,
+                                  int state_off, const TwWeight& rope, float* q_out, int q_ld, bool norm,
+                                  const __nv_bfloat16* wq, const __nv_bfloat16* wk) {
     const int hd = L.head_dim, vd = L.v_dim, grp = L.heads / L.kv_heads, half = L.rotary_dim / 2;
     const int nq = L.heads * hd, nk = L.kv_heads * hd, cols = rope.cols;
-    const int qw = grp * hd, rw = qw + hd + vd;   // a staged row: q heads, k head, v head
-    const float* qkv = c.arena + a[TW_ROPE_KV_QKV_OFF];
-    float* rows = c.s_stage;                       // [t][rw]
-    float* cs = rows + t * rw;                     // [t][cols] cos, then [t][cols] sin
+    const int j0 = q_out ? 0 : grp, nh = grp + 1 - j0;   // rotated heads: q heads (if any), then k
+    const int qw = (grp - j0) * hd, rw = nh * hd + vd;    // a staged row: q heads, k head, v head
+    float* rows = c.s_stage;                              // [t][rw]
+    float* cs = rows + t * rw;                            // [t][cols] cos, then [t][cols] sin
     float* sn = cs + t * cols;
-    // Row r's three pieces are contiguous in qkv: q heads at h * qw, k at nq + h * hd, v at
-    // nq + nk + h * vd; 16-byte copies (tw_rope_stage_floats checked the alignment).
-    const int q4 = qw / 4, k4 = hd / 4, v4 = vd / 4, r4 = q4 + k4 + v4;
+    __nv_bfloat16* ws = reinterpret_cast<__nv_bfloat16*>(sn + t * cols);   // wq [hd], wk [hd]
+    float* inv = c.s_scratch;                             // [t][nh]
+    const int q4 = qw / 4, k4 = hd / 4, r4 = q4 + k4 + vd / 4;
     for (int i = threadIdx.x; i < t * r4; i += TW_THREADS) {
         const int r = i / r4, j = i - r * r4;
         const float* src = qkv + (long long)r * ld;
-        src += j < q4 ? h * qw + 4 * j : j < q4 + k4 ? nq + h * hd + 4 * (j - q4) : nq + nk + h * vd + 4 * (j - q4 - k4);
+        src += j < q4 ? h * grp * hd + 4 * j : j < q4 + k4 ? nq + h * hd + 4 * (j - q4) : nq + nk + h * vd + 4 * (j - q4 - k4);
         tw_cp_async16(rows + r * rw + 4 * j, src);
     }
+    if (norm && threadIdx.x < hd / 4) {   // 8 bf16 per copy: wq's then wk's
+        const int half_n = hd / 8, i = threadIdx.x;
+        if (i < half_n) {
+            if (q_out) tw_cp_async16(ws + 8 * i, wq + 8 * i);
+        } else {
+            tw_cp_async16(ws + hd + 8 * (i - half_n), wk + 8 * (i - half_n));
+        }
+    }
     tw_cp_async_commit();
-    const int pos = c.pos(a[TW_ROPE_KV_STATE_OFF]);   // while the rows are on their way
+    const int pos = c.pos(state_off);   // while the rows are on their way
     const float* cos_t = reinterpret_cast<const float*>(rope.a) + (long long)pos * cols;
     const float* sin_t = reinterpret_cast<const float*>(rope.b) + (long long)pos * cols;
     for (int i = threadIdx.x; i < t * cols / 4; i += TW_THREADS) {   // rows pos..pos+t-1: contiguous
@@ -119,22 +136,35 @@ __device__ void tw_rope_kv_staged(const TwCtx& c, const int* a, const TwLayer& L
     tw_cp_async_commit();
     tw_cp_async_wait<0>();
     tw_sync();
-    float* q_out = c.arena + a[TW_ROPE_KV_Q_OFF];
-    const int q_ld = a[TW_ROPE_KV_Q_LD];
+    if (norm) {   // a warp per head row, as DRAFT_ROPE_KV's element loops
+        for (int i = tw_warp(); i < t * nh; i += TW_WARPS) {
+            const int r = i / nh, jj = i - r * nh;
+            const float* src = rows + r * rw + jj * hd;
+            float ss = 0.f;
+            for (int d = tw_lane(); d < hd; d += 32) ss += src[d] * src[d];
+            ss = tw_warp_sum(ss);
+            if (tw_lane() == 0) inv[i] = 1.f / sqrtf(ss / (float)hd + c.p->rms_eps);
+        }
+        tw_sync();
+    }
     __nv_bfloat16* kc = reinterpret_cast<__nv_bfloat16*>(L.k);
     __nv_bfloat16* vc = reinterpret_cast<__nv_bfloat16*>(L.v);
     for (int i = threadIdx.x; i < t * rw; i += TW_THREADS) {
         const int r = i / rw, e = i - r * rw;
         const float* row = rows + r * rw;
         const int slot = (pos + r) % L.slots;
-        if (e < qw + hd) {   // a q head (e < qw) or the k head: rotated
-            const int j = e / hd, d = e - j * hd;
-            const float* head = row + j * hd;
-            const float v = tw_rope_elem([&](int x) { return head[x]; }, d, half, cs + r * cols, sn + r * cols);
+        if (e < nh * hd) {   // a rotated head: q (jj < nh - 1) or k
+            const int jj = e / hd, d = e - jj * hd, j = j0 + jj;
+            const float* head = row + jj * hd;
+            const float s = norm ? inv[r * nh + jj] : 1.f;
+            const __nv_bfloat16* w = ws + (j < grp ? 0 : hd);
+            const float v = tw_rope_elem(
+                [&](int x) { return norm ? __fmul_rn(__fmul_rn(head[x], s), tw_bf16(w[x])) : head[x]; }, d, half,
+                cs + r * cols, sn + r * cols);
             if (j < grp) q_out[r * q_ld + (h * grp + j) * hd + d] = v;
             else kc[((long long)h * L.slots + slot) * hd + d] = __float2bfloat16_rn(v);
         } else {
-            const int d = e - qw - hd;
+            const int d = e - nh * hd;
             vc[((long long)h * L.slots + slot) * vd + d] = __float2bfloat16_rn(row[e] * L.value_scale);
         }
     }
@@ -145,9 +175,10 @@ __device__ void tw_op_rope_kv(const TwCtx& c, const int* a) {
     const int t = a[TW_ROPE_KV_T], h = a[TW_ROPE_KV_KVH], ld = a[TW_ROPE_KV_QKV_LD];
 #if TW_ROPE_STAGED
     const TwWeight& rope = c.wt[a[TW_ROPE_KV_W_ROPE]];
-    const int need = tw_rope_stage_floats(L, t, ld, rope);
+    const int need = tw_rope_stage_floats(L, t, L.heads / L.kv_heads + 1, ld, rope);
     if (need > 0 && need <= TW_STAGE_FLOATS) {
-        tw_rope_kv_staged(c, a, L, t, h, ld, rope);
+        tw_rope_kv_staged(c, L, c.arena + a[TW_ROPE_KV_QKV_OFF], ld, t, h, a[TW_ROPE_KV_STATE_OFF], rope,
+                          c.arena + a[TW_ROPE_KV_Q_OFF], a[TW_ROPE_KV_Q_LD], false, nullptr, nullptr);
         return;
     }
 #endif
