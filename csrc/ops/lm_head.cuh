@@ -27,17 +27,17 @@ __device__ __forceinline__ TwGemv tw_gemv_lm_head(const TwCtx& c, const int* a) 
 
 // After the GEMV (and a barrier): the tile's (max, first argmax) per row; a row with a NaN
 // or infinite logit gets (+inf, TW_NONFINITE_TOKEN) instead, which wins the reduction.
-#if TW_HOIST_LOADS
-// Every warp takes a share of every row's columns (a warp per row left the other warps idle
-// and each lane's ~37 loads of a 1156-column tile in a chain of round trips at T = 1), then
-// the warps' (max, first argmax) are reduced in warp order. The same result: the largest
-// value, the lowest column among equals, any non-finite logit flagging its row.
 __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
     const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
     const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
     const int ld = a[TW_LM_HEAD_LOGITS_LD];
     const int* state = a[TW_LM_HEAD_STATE_OFF] >= 0 ? c.arena_i + a[TW_LM_HEAD_STATE_OFF] : nullptr;
     const float inv_temp = state ? __int_as_float(tw_ldi(state + TW_STATE_INV_TEMP)) : 0.f;
+#if TW_HOIST_LOADS
+    // Every warp takes a share of every row's columns (a warp per row left the other warps idle
+    // and each lane's ~37 loads of a 1156-column tile in a chain of round trips at T = 1), then
+    // the warps' (max, first argmax) are reduced in warp order. The same result: the largest
+    // value, the lowest column among equals, any non-finite logit flagging its row.
     const unsigned int seed = inv_temp != 0.f ? (unsigned int)tw_ldi(state + TW_STATE_SEED) : 0u;
     const int pos = inv_temp != 0.f ? tw_ldi(state + TW_STATE_POS) : 0;
     float* s_best = c.s_scratch;                                   // [t][TW_WARPS]
@@ -83,14 +83,7 @@ __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
         b[0] = best;
         b[1] = (float)arg;
     }
-}
 #else
-__device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
-    const int t = a[TW_LM_HEAD_T], n0 = a[TW_LM_HEAD_N0], n1 = a[TW_LM_HEAD_N1];
-    const float* logits = c.arena + a[TW_LM_HEAD_LOGITS_OFF];
-    const int ld = a[TW_LM_HEAD_LOGITS_LD];
-    const int* state = a[TW_LM_HEAD_STATE_OFF] >= 0 ? c.arena_i + a[TW_LM_HEAD_STATE_OFF] : nullptr;
-    const float inv_temp = state ? __int_as_float(tw_ldi(state + TW_STATE_INV_TEMP)) : 0.f;
     // Tile max / argmax: a warp per row.
     for (int r = tw_warp(); r < t; r += TW_WARPS) {
         // Row r chooses the token at position pos + 1 + r.
@@ -118,8 +111,8 @@ __device__ void tw_lm_head_argmax(const TwCtx& c, const int* a) {
             b[1] = (float)arg;
         }
     }
-}
 #endif
+}
 
 __device__ void tw_prefetch_lm_head(const TwCtx& c, const int* a, TwPrefetch& pf) {
     tw_prefetch_rows_bf16(pf, c.bf16(a[TW_LM_HEAD_W]), a[TW_LM_HEAD_K], a[TW_LM_HEAD_N0], a[TW_LM_HEAD_N1]);
