@@ -361,7 +361,11 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
 #ifndef TW_MMA_ROW_SPLIT
 #define TW_MMA_ROW_SPLIT 0
 #endif
-#define TW_MMA_SPLIT_EPILOGUE 8   // a K-split pass's epilogue, in tile-pair blocks of work
+// A K-split pass's epilogue (two barriers, the reduction over the warps) in tile-pair blocks
+// of work, for the choice of walk (a guess to tune: 16 also moves EXPERT_UP at T = 8).
+#ifndef TW_MMA_SPLIT_EPILOGUE
+#define TW_MMA_SPLIT_EPILOGUE 8
+#endif
 
 struct TwRowStream {
     unsigned char* ring;   // this warp's slots
