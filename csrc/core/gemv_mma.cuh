@@ -128,6 +128,20 @@ __device__ __forceinline__ TwMmaStream tw_mma_stream(const TwCtx& c, const TwGem
     return st;
 }
 
+// After issuing an item of either walk's stream (TwMmaStream, TwRowStream): the cursors on
+// to the next (block kb, then the next pass or group), and one commit group, empty or not,
+// so wait_group counts stay uniform.
+template <class S>
+__device__ __forceinline__ void tw_stream_advance(S& st) {
+    ++st.loaded;
+    if (++st.ld_kb == st.nkb) {
+        st.ld_kb = 0;
+        ++st.ld_p;
+    }
+    st.ld_slot = st.ld_slot + 1 == st.depth ? 0 : st.ld_slot + 1;
+    tw_cp_async_commit();
+}
+
 // Issue this lane's copies of the next item (none past the last) and commit a group:
 // every call commits one, so wait_group counts stay uniform.
 template <class F>
@@ -150,13 +164,7 @@ __device__ __forceinline__ void tw_mma_issue(const TwGemv& g, TwMmaStream& st) {
                 tw_cp_async16(dst + st.scale_at + i * F::kScaleBytes, F::scale_row(g, up, rt, kb));
         }
     }
-    ++st.loaded;
-    if (++st.ld_kb == st.nkb) {
-        st.ld_kb = 0;
-        ++st.ld_p;
-    }
-    st.ld_slot = st.ld_slot + 1 == st.depth ? 0 : st.ld_slot + 1;
-    tw_cp_async_commit();
+    tw_stream_advance(st);
 }
 
 // Fill the ring: called before the input rows are staged, which the ring does not overlap.
@@ -264,6 +272,26 @@ __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slo
     }
 }
 
+// B fragments of block kb's two k16 steps for column tile ct (lane gq, tq: token 8ct + gq,
+// k 2tq, 2tq+1, +8, +9), hi and lo halves: once per block, shared by every tile of it. Packed:
+// column gq is token gq / 2's hi (even gq) or lo (odd gq) half.
+template <class F, bool Packed>
+__device__ __forceinline__ void tw_mma_b_fragments(const TwRows& x, int ct, int kb, int gq, int tq,
+                                                   unsigned int (&bh)[2][2], unsigned int (&bl)[2][2]) {
+    const int tok = Packed ? gq >> 1 : 8 * ct + gq;
+    const bool on = tok < x.n;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        const int k0 = 32 * kb + 16 * s + 2 * tq;
+        F::split(on ? x.at(tok, k0) : 0.f, on ? x.at(tok, k0 + 1) : 0.f, bh[s][0], bl[s][0]);
+        F::split(on ? x.at(tok, k0 + 8) : 0.f, on ? x.at(tok, k0 + 9) : 0.f, bh[s][1], bl[s][1]);
+        if (Packed && (gq & 1)) {
+            bh[s][0] = bl[s][0];
+            bh[s][1] = bl[s][1];
+        }
+    }
+}
+
 // Rows n0:n1 (multiples of 16) of W (and of W2 when gated) for the tokens of column tile
 // ct (tokens 8ct .. 8ct + 7), consuming the warp's stream from item 0 (primed). Epilogue
 // as TwGemv's: gated silu(gate) * up, scatter by s_tok, residual. Packed: the task's
@@ -281,22 +309,8 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
             __syncwarp();                       // and so have the other lanes'
             if (p == 0 && kb == st.kb0) c.mark_phase(10);
             const unsigned char* slot = st.slot(st.cur);
-            // B fragments of the block's two k16 steps (token 8ct + gq, k 2tq, 2tq+1, +8,
-            // +9): once per block, shared by every tile.
-            // Packed: column gq is token gq / 2's hi (even gq) or lo (odd gq) half.
             unsigned int bh[2][2], bl[2][2];
-            const int tok = Packed ? gq >> 1 : 8 * ct + gq;
-            const bool on = tok < x.n;
-#pragma unroll
-            for (int s = 0; s < 2; ++s) {
-                const int k0 = 32 * kb + 16 * s + 2 * tq;
-                F::split(on ? x.at(tok, k0) : 0.f, on ? x.at(tok, k0 + 1) : 0.f, bh[s][0], bl[s][0]);
-                F::split(on ? x.at(tok, k0 + 8) : 0.f, on ? x.at(tok, k0 + 9) : 0.f, bh[s][1], bl[s][1]);
-                if (Packed && (gq & 1)) {
-                    bh[s][0] = bl[s][0];
-                    bh[s][1] = bl[s][1];
-                }
-            }
+            tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
             if (Packed) {
 #pragma unroll 1
                 for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
@@ -369,9 +383,9 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
 
 struct TwRowStream {
     unsigned char* ring;   // this warp's slots
-    int item_bytes, depth, kb_n, rt0, rt_end, items;
+    int item_bytes, depth, nkb, rt0, rt_end, items;
     bool gated;
-    int loaded, ld_g, ld_kb, ld_slot, cur;
+    int loaded, ld_p, ld_kb, ld_slot, cur;
 };
 
 template <class F>
@@ -391,15 +405,15 @@ __device__ __forceinline__ TwRowStream tw_row_stream(const TwCtx& c, const TwGem
     st.gated = g.w2 != nullptr;
     st.rt0 = g.n0 / 16;
     st.rt_end = g.n1 / 16;
-    st.kb_n = g.k / 32;
+    st.nkb = g.k / 32;
     const int row_tiles = st.rt_end - st.rt0, groups = st.gated ? row_tiles : (row_tiles + 1) / 2;
     const int w = tw_warp(), mine = groups > w ? (groups - w + TW_WARPS - 1) / TW_WARPS : 0;
-    st.items = mine * st.kb_n;
+    st.items = mine * st.nkb;
     st.item_bytes = 2 * (F::kTileBytes + F::kScaleBytes);
     const int per_warp = ((TW_STAGE_FLOATS - x_floats) * 4 / TW_WARPS) & ~15;
     st.depth = max(1, min(TW_MMA_MAX_DEPTH, per_warp / st.item_bytes));
     st.ring = reinterpret_cast<unsigned char*>(c.s_stage + x_floats) + w * per_warp;
-    st.loaded = st.ld_g = st.ld_kb = st.ld_slot = st.cur = 0;
+    st.loaded = st.ld_p = st.ld_kb = st.ld_slot = st.cur = 0;
     return st;
 }
 
@@ -408,7 +422,7 @@ template <class F>
 __device__ __forceinline__ void tw_row_issue(const TwGemv& g, TwRowStream& st) {
     if (st.loaded < st.items) {
         constexpr int cpt = F::kTileBytes / 16;
-        const int gi = tw_warp() + st.ld_g * TW_WARPS;
+        const int gi = tw_warp() + st.ld_p * TW_WARPS;
         unsigned char* dst = st.ring + st.ld_slot * st.item_bytes;
         for (int q = tw_lane(); q < 2 * (cpt + (F::kScaleBytes ? 1 : 0)); q += 32) {
             const bool code = q < 2 * cpt;
@@ -423,13 +437,7 @@ __device__ __forceinline__ void tw_row_issue(const TwGemv& g, TwRowStream& st) {
                 tw_cp_async16(dst + 2 * F::kTileBytes + i * F::kScaleBytes, F::scale_row(g, up, rt, st.ld_kb));
         }
     }
-    ++st.loaded;
-    if (++st.ld_kb == st.kb_n) {
-        st.ld_kb = 0;
-        ++st.ld_g;
-    }
-    st.ld_slot = st.ld_slot + 1 == st.depth ? 0 : st.ld_slot + 1;
-    tw_cp_async_commit();
+    tw_stream_advance(st);
 }
 
 template <class F>
@@ -443,26 +451,15 @@ template <class F, bool Packed>
 __device__ void tw_gemv_mma_rows(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, TwRowStream& st) {
     const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
     float4* acc = reinterpret_cast<float4*>(c.s_scratch) + w * TW_MMA_TILES * 32 + lane;
-    const int mine = st.items / st.kb_n;
+    const int mine = st.items / st.nkb;
     for (int j = 0; j < mine; ++j) {
         acc[0] = acc[32] = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int kb = 0; kb < st.kb_n; ++kb) {
+        for (int kb = 0; kb < st.nkb; ++kb) {
             tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
             __syncwarp();                       // and so have the other lanes'
             const unsigned char* slot = st.ring + st.cur * st.item_bytes;
-            unsigned int bh[2][2], bl[2][2];   // as tw_gemv_mma_cols
-            const int tok = Packed ? gq >> 1 : 8 * ct + gq;
-            const bool on = tok < x.n;
-#pragma unroll
-            for (int s = 0; s < 2; ++s) {
-                const int k0 = 32 * kb + 16 * s + 2 * tq;
-                F::split(on ? x.at(tok, k0) : 0.f, on ? x.at(tok, k0 + 1) : 0.f, bh[s][0], bl[s][0]);
-                F::split(on ? x.at(tok, k0 + 8) : 0.f, on ? x.at(tok, k0 + 9) : 0.f, bh[s][1], bl[s][1]);
-                if (Packed && (gq & 1)) {
-                    bh[s][0] = bl[s][0];
-                    bh[s][1] = bl[s][1];
-                }
-            }
+            unsigned int bh[2][2], bl[2][2];
+            tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
             if (Packed)
                 tw_mma_tile_pair_packed<F>(slot, 2 * F::kTileBytes, 0, bh, acc);
             else
