@@ -89,9 +89,8 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
 #endif
     if (TW_ROWS_ASYNC && !TW_EXP_TWICE) {
         // The rows' copies first, the weight ring behind them, then the wait for the rows.
-        const __nv_bfloat16* wn_raw = reinterpret_cast<const __nv_bfloat16*>(wn_smem);
-        tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, TW_X_STAGE_FLOATS,
-                      const_cast<__nv_bfloat16*>(wn_raw));
+        __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
+        tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, TW_X_STAGE_FLOATS, wn_raw);
         tw_gemv_run_core<TwBf16Core, true>(c, g, [&] {
             const TwRows x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv,
                                             c.s_stage, TW_X_STAGE_FLOATS, wn_raw, 1.f, TW_RING_DEPTH);
