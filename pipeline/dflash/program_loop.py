@@ -15,6 +15,7 @@ token is dropped from the output; the request ends there, so the caches need no 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence
 
 import torch
@@ -97,7 +98,7 @@ class HistoryMirror:
         self.held = []
 
 
-class ChainedDFlash:
+class ChainedDFlash(ABC):
     """`dflash`, one launch of chained DFlash steps, for every executor of the dflash program
     (the CPU executor and the megakernel runner): the checks, the history upload, the launch
     and the committed rows are one code. An executor supplies the three hooks below (how it
@@ -112,14 +113,17 @@ class ChainedDFlash:
     _state: int
     _history: HistoryMirror
 
+    @abstractmethod
     def _write_ints(self, offset: int, words: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Write int32 `words` into the arena at word `offset`."""
 
+    @abstractmethod
     def _launch_steps(self, steps: int, seed: int, order: str) -> None:
-        raise NotImplementedError
+        """Run one launch of `steps` chained steps of the program."""
 
+    @abstractmethod
     def _read_int(self, offset: int) -> int:
-        raise NotImplementedError
+        """The int32 arena word at `offset`."""
 
     def dflash(self, anchor: int, steps: int, *, seed: int = 0, order: Literal["random", "in_order"] = "random",
                temperature: float = 0.0, sample_seed: int = 0, history: Sequence[int] | None = None
