@@ -39,10 +39,11 @@ struct TwGemv {
     int resid_ld;
     bool scatter;
 #if TW_UP_PREFETCH_DOWN
-    // A hint: up to two ranges another task reads soon (EXPERT_UP: its share of the same
-    // expert's down rows), prefetched into L2 behind this task's own weights; nullptr: none.
-    const void* l2_next[2];
-    unsigned int l2_next_bytes[2];
+    // A hint: MXFP4 rows another task reads soon (EXPERT_UP: its share of the same expert's
+    // down rows), prefetched into L2 behind this task's own weights; null codes: none.
+    const unsigned char* l2_codes;
+    const unsigned char* l2_scales;
+    int l2_k, l2_r0, l2_r1;
 #endif
 };
 

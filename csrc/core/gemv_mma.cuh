@@ -544,10 +544,9 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
         tw_mma_prime<F>(g, st);
 #if TW_UP_PREFETCH_DOWN
-        if (threadIdx.x == 0 && g.l2_next[0]) {   // a hint for a later task, behind our own weights
+        if (threadIdx.x == 0 && g.l2_codes) {   // a hint for a later task, behind our own weights
             TwPrefetch pf{TW_PREFETCH_TASK_BYTES};
-            pf.range(g.l2_next[0], g.l2_next_bytes[0]);
-            pf.range(g.l2_next[1], g.l2_next_bytes[1]);
+            tw_prefetch_rows_mxfp4(pf, g.l2_codes, g.l2_scales, g.l2_k, g.l2_r0, g.l2_r1);
         }
 #endif
         c.mark_phase(9);

@@ -31,3 +31,10 @@ struct TwPrefetch {
         }
     }
 };
+
+// Prefetch rows n0..n1 of one expert's MXFP4 weight: its codes, then its scales.
+__device__ __forceinline__ void tw_prefetch_rows_mxfp4(TwPrefetch& pf, const unsigned char* codes,
+                                                      const unsigned char* scales, int k, int n0, int n1) {
+    pf.range(codes + (long long)n0 * (k / 2), (unsigned long long)(n1 - n0) * (k / 2));
+    pf.range(scales + (long long)n0 * (k / 32), (unsigned long long)(n1 - n0) * (k / 32));
+}

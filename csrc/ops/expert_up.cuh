@@ -36,11 +36,11 @@ __device__ __forceinline__ bool tw_gemv_expert_up(const TwCtx& c, const int* a, 
         const TwWeight& dw = c.wt[a[TW_EXPERT_UP_W_DOWN]];
         const int inter = c.wt[a[TW_EXPERT_UP_W]].rows;   // the down weight's k
         const TwFp4Matrix d = tw_expert_matrix(dw, expert, inter);
-        const long long r0 = (long long)g.n0 * dw.rows / inter, r1 = (long long)g.n1 * dw.rows / inter;
-        g.l2_next[0] = d.codes + r0 * (inter / 2);
-        g.l2_next_bytes[0] = (unsigned int)((r1 - r0) * (inter / 2));
-        g.l2_next[1] = d.scales + r0 * (inter / 32);
-        g.l2_next_bytes[1] = (unsigned int)((r1 - r0) * (inter / 32));
+        g.l2_codes = d.codes;
+        g.l2_scales = d.scales;
+        g.l2_k = inter;
+        g.l2_r0 = (int)((long long)g.n0 * dw.rows / inter);
+        g.l2_r1 = (int)((long long)g.n1 * dw.rows / inter);
     }
 #endif
     return true;
