@@ -143,6 +143,21 @@ def extra_defines() -> dict[str, str]:
     return out
 
 
+# The largest E8M0 scale byte the expert GEMV takes (csrc/ops/gemv_mxfp4.cuh
+# TW_E8M0_MAX_FOLDED): it folds 2^(s - 127) and its fixed 2^16 into one fp32 exponent
+# field, s + 16, which must stay below 255. A larger byte (a block scale of 2^112 or more,
+# whose products overflow fp32 anyway) would wrap into the sign bit: refused at upload.
+E8M0_MAX_FOLDED = 238
+
+
+def check_folded_scales(scales: torch.Tensor, where: tuple[int, ...]) -> None:
+    big = scales > E8M0_MAX_FOLDED
+    if bool(big.any()):
+        idx = tuple(int(i) for i in big.nonzero()[0])
+        raise DeviceError(f"MXFP4 expert bank {where}: E8M0 scale byte {int(scales[idx])} (2^{int(scales[idx]) - 127}) "
+                          f"at {idx} is beyond the megakernel's range (at most {E8M0_MAX_FOLDED}: 2^111)")
+
+
 def device_layout(kind: str, entry: dict[str, torch.Tensor], device: torch.device | str = "cpu",
                   ) -> dict[str, torch.Tensor]:
     """A weight as the megakernel reads it, on `device`: MXFP4 expert banks in the tensor-
@@ -152,6 +167,7 @@ def device_layout(kind: str, entry: dict[str, torch.Tensor], device: torch.devic
     moved = {k: v.to(device).contiguous() for k, v in entry.items()}
     if kind != "mxfp4_bank":
         return moved
+    check_folded_scales(entry["scales"], tuple(entry["codes"].shape))
     try:
         return {"codes": pack_codes(moved["codes"]), "scales": pack_scales(moved["scales"])}
     except ValueError as e:

@@ -21,6 +21,22 @@ __device__ __forceinline__ float tw_e8m0(unsigned int s) {
 
 #define TW_MMA_X_SCALE 0.25f          // 2^-2: the staged input, exact
 #define TW_MMA_UNSCALE 65536.f        // 2^16 = 2^14 (decode) * 2^2 (input)
+#define TW_MMA_UNSCALE_LOG2 16
+// Largest scale byte the fold below takes (mirrors E8M0_MAX_FOLDED in runtime/megakernel.py,
+// which refuses banks with larger ones at upload).
+#define TW_E8M0_MAX_FOLDED (254 - TW_MMA_UNSCALE_LOG2)
+
+// 2^(s-127) * TW_MMA_UNSCALE in one integer op: the fp32 whose exponent field is s + 16
+// (s == 0 included: 2^-111 is normal, no subnormal case). Was a shift, a select for s == 0
+// and a multiply: 4 of the T = 1 expert loop's 56 instructions per tile, for every scale.
+// TW_E8M0_FOLD=0 is the A/B baseline.
+#ifndef TW_E8M0_FOLD
+#define TW_E8M0_FOLD 1
+#endif
+__device__ __forceinline__ float tw_e8m0_unscaled(unsigned int s) {
+    if (TW_E8M0_FOLD) return __int_as_float((int)((s + TW_MMA_UNSCALE_LOG2) << 23));
+    return tw_e8m0(s) * TW_MMA_UNSCALE;
+}
 
 // Half2 j (nibbles j and j + 4) of a fragment word: each E2M1 code x 2^-14 as fp16.
 template <int J>
@@ -60,7 +76,7 @@ struct TwMmaFp4 {
     }
     // Rows gq and gq + 8: their E8M0 block scales, times the decode's and input's 2^16.
     static __device__ __forceinline__ float2 row_factors(const unsigned char* scales, int gq) {
-        return make_float2(tw_e8m0(scales[gq]) * TW_MMA_UNSCALE, tw_e8m0(scales[gq + 8]) * TW_MMA_UNSCALE);
+        return make_float2(tw_e8m0_unscaled(scales[gq]), tw_e8m0_unscaled(scales[gq + 8]));
     }
 };
 

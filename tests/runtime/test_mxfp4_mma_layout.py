@@ -5,6 +5,8 @@ each code's E2M1 value times 2^-14 in fp16, and an mma emulated from those fragm
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,19 @@ def test_expert_tasks_cover_whole_16_row_mma_tiles(name):
     for t in g.tasks:
         if t.op in (Op.EXPERT_UP, Op.EXPERT_DOWN):
             assert t.args["n0"] % 16 == 0 and t.args["n1"] % 16 == 0, (t.op, t.args["n0"], t.args["n1"])
+
+
+def test_expert_banks_with_scales_past_the_folded_exponent_are_refused_at_upload():
+    """The GPU folds a block scale and its fixed 2^16 into one exponent field (s + 16 < 255)."""
+    import re
+
+    from tilewarp.pipeline.errors import DeviceError
+    from tilewarp.runtime.megakernel import E8M0_MAX_FOLDED, device_layout
+    header = (Path(__file__).parents[2] / "csrc" / "ops" / "gemv_mxfp4.cuh").read_text()
+    assert E8M0_MAX_FOLDED == 254 - int(re.search(r"#define TW_MMA_UNSCALE_LOG2 (\d+)", header).group(1))
+    codes, scales = random_bank()
+    scales[1, 17, 1] = E8M0_MAX_FOLDED
+    device_layout("mxfp4_bank", {"codes": torch.from_numpy(codes), "scales": torch.from_numpy(scales)})
+    scales[1, 17, 1] = E8M0_MAX_FOLDED + 1
+    with pytest.raises(DeviceError, match=r"scale byte 239 \(2\^112\) at \(1, 17, 1\)"):
+        device_layout("mxfp4_bank", {"codes": torch.from_numpy(codes), "scales": torch.from_numpy(scales)})
