@@ -10,12 +10,6 @@
 #endif
 #include "core/context.cuh"
 
-// EXPERT_UP prefetches its share of the expert's down rows into L2 once its own weights
-// are issued (1), so the down stage streams from L2; 0: no hint (the A/B baseline).
-#ifndef TW_UP_PREFETCH_DOWN
-#define TW_UP_PREFETCH_DOWN 0
-#endif
-
 enum TwWeightFormat { TW_FMT_BF16 = 0, TW_FMT_MXFP4 = 1 };
 
 struct TwGemv {
@@ -38,12 +32,5 @@ struct TwGemv {
     const float* resid;
     int resid_ld;
     bool scatter;
-#if TW_UP_PREFETCH_DOWN
-    // A hint: MXFP4 rows another task reads soon (EXPERT_UP: its share of the same expert's
-    // down rows), prefetched into L2 behind this task's own weights; null codes: none.
-    const unsigned char* l2_codes;
-    const unsigned char* l2_scales;
-    int l2_k, l2_r0, l2_r1;
-#endif
 };
 

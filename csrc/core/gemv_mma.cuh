@@ -128,11 +128,9 @@ __device__ __forceinline__ TwMmaStream tw_mma_stream(const TwCtx& c, const TwGem
     return st;
 }
 
-// After issuing an item of either walk's stream (TwMmaStream, TwRowStream): the cursors on
-// to the next (block kb, then the next pass or group), and one commit group, empty or not,
-// so wait_group counts stay uniform.
-template <class S>
-__device__ __forceinline__ void tw_stream_advance(S& st) {
+// After issuing an item of the stream: the cursors on to the next (block kb, then the next
+// pass), and one commit group, empty or not, so wait_group counts stay uniform.
+__device__ __forceinline__ void tw_stream_advance(TwMmaStream& st) {
     ++st.loaded;
     if (++st.ld_kb == st.nkb) {
         st.ld_kb = 0;
@@ -365,146 +363,6 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
     }
 }
 
-// The row-split walk (TW_MMA_ROW_SPLIT): each warp owns whole row tiles over the whole of K,
-// so its accumulators are its own and its outputs leave without a barrier; the K-split
-// walk above shares every tile between the warps and ends each pass of TW_MMA_TILES tiles
-// with two barriers and a reduction over the warps. Which walk a task takes is the one
-// whose slowest warp has less to do (tw_mma_rows_wins). An item is one 32-k block of one
-// group: the gate and up tiles of a row tile (gated), or two row tiles (plain; the second
-// past the task's rows is a phantom, never copied or stored).
-#ifndef TW_MMA_ROW_SPLIT
-#define TW_MMA_ROW_SPLIT 0
-#endif
-// A K-split pass's epilogue (two barriers, the reduction over the warps) in tile-pair blocks
-// of work, for the choice of walk (a guess to tune: 16 also moves EXPERT_UP at T = 8).
-#ifndef TW_MMA_SPLIT_EPILOGUE
-#define TW_MMA_SPLIT_EPILOGUE 8
-#endif
-
-struct TwRowStream {
-    unsigned char* ring;   // this warp's slots
-    int item_bytes, depth, nkb, rt0, rt_end, items;
-    bool gated;
-    int loaded, ld_p, ld_kb, ld_slot, cur;
-};
-
-template <class F>
-__device__ __forceinline__ bool tw_mma_rows_wins(const TwGemv& g) {
-    const int row_tiles = (g.n1 - g.n0) / 16, kb_n = g.k / 32, gated = g.w2 != nullptr;
-    const int groups = gated ? row_tiles : (row_tiles + 1) / 2;
-    const int per_pass = gated ? F::kPassTiles / 2 : F::kPassTiles;   // row tiles a K-split pass holds
-    const int passes = (row_tiles + per_pass - 1) / per_pass;
-    const int pairs = gated ? per_pass : (per_pass + 1) / 2;
-    const int ksplit = passes * (((kb_n + TW_WARPS - 1) / TW_WARPS) * pairs + TW_MMA_SPLIT_EPILOGUE);
-    return ((groups + TW_WARPS - 1) / TW_WARPS) * kb_n < ksplit;
-}
-
-template <class F>
-__device__ __forceinline__ TwRowStream tw_row_stream(const TwCtx& c, const TwGemv& g, int x_floats) {
-    TwRowStream st;
-    st.gated = g.w2 != nullptr;
-    st.rt0 = g.n0 / 16;
-    st.rt_end = g.n1 / 16;
-    st.nkb = g.k / 32;
-    const int row_tiles = st.rt_end - st.rt0, groups = st.gated ? row_tiles : (row_tiles + 1) / 2;
-    const int w = tw_warp(), mine = groups > w ? (groups - w + TW_WARPS - 1) / TW_WARPS : 0;
-    st.items = mine * st.nkb;
-    st.item_bytes = 2 * (F::kTileBytes + F::kScaleBytes);
-    const int per_warp = ((TW_STAGE_FLOATS - x_floats) * 4 / TW_WARPS) & ~15;
-    st.depth = max(1, min(TW_MMA_MAX_DEPTH, per_warp / st.item_bytes));
-    st.ring = reinterpret_cast<unsigned char*>(c.s_stage + x_floats) + w * per_warp;
-    st.loaded = st.ld_p = st.ld_kb = st.ld_slot = st.cur = 0;
-    return st;
-}
-
-// Issue this lane's copies of the warp's next item (none past the last); one commit group.
-template <class F>
-__device__ __forceinline__ void tw_row_issue(const TwGemv& g, TwRowStream& st) {
-    if (st.loaded < st.items) {
-        constexpr int cpt = F::kTileBytes / 16;
-        const int gi = tw_warp() + st.ld_p * TW_WARPS;
-        unsigned char* dst = st.ring + st.ld_slot * st.item_bytes;
-        for (int q = tw_lane(); q < 2 * (cpt + (F::kScaleBytes ? 1 : 0)); q += 32) {
-            const bool code = q < 2 * cpt;
-            const int i = code ? q / cpt : q - 2 * cpt;   // tile 0 or 1 of the item
-            const bool up = st.gated && i == 1;
-            const int rt = st.gated ? st.rt0 + gi : st.rt0 + 2 * gi + i;
-            if (rt >= st.rt_end) continue;   // the phantom tile
-            if (code)
-                tw_cp_async16(dst + i * F::kTileBytes + F::chunk_dst(q % cpt),
-                              F::tile_block(g, up, rt, st.ld_kb) + F::chunk_src(q % cpt, g.k));
-            else
-                tw_cp_async16(dst + 2 * F::kTileBytes + i * F::kScaleBytes, F::scale_row(g, up, rt, st.ld_kb));
-        }
-    }
-    tw_stream_advance(st);
-}
-
-template <class F>
-__device__ __forceinline__ void tw_row_prime(const TwGemv& g, TwRowStream& st) {
-    for (int s = 0; s < st.depth; ++s) tw_row_issue<F>(g, st);
-}
-
-// The warp's groups for column tile ct (as tw_gemv_mma_cols; the stream primed). The
-// accumulators are the warp's own two tiles of the scratch; the epilogue is the warp's.
-template <class F, bool Packed>
-__device__ void tw_gemv_mma_rows(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, TwRowStream& st) {
-    const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
-    float4* acc = reinterpret_cast<float4*>(c.s_scratch) + w * TW_MMA_TILES * 32 + lane;
-    const int mine = st.items / st.nkb;
-    for (int j = 0; j < mine; ++j) {
-        acc[0] = acc[32] = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int kb = 0; kb < st.nkb; ++kb) {
-            tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
-            __syncwarp();                       // and so have the other lanes'
-            const unsigned char* slot = st.ring + st.cur * st.item_bytes;
-            unsigned int bh[2][2], bl[2][2];
-            tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
-            if (Packed)
-                tw_mma_tile_pair_packed<F>(slot, 2 * F::kTileBytes, 0, bh, acc);
-            else
-                tw_mma_tile_pair<F>(slot, 2 * F::kTileBytes, 0, bh, bl, acc);
-            __syncwarp();   // every lane has read the slot: refill it, depth items ahead
-            st.cur = st.cur + 1 == st.depth ? 0 : st.cur + 1;
-            tw_row_issue<F>(g, st);
-        }
-        // Lane (gq, tq) holds rows gq (x, y) and gq + 8 (z, w) of both tiles: tokens 2tq and
-        // 2tq + 1, or (packed) token tq in x and z.
-        const int gi = w + j * TW_WARPS;
-        const float4 a0 = acc[0], a1 = acc[32];
-        const float v0[4] = {a0.x, a0.y, a0.z, a0.w}, v1[4] = {a1.x, a1.y, a1.z, a1.w};
-        float rv[2][4];   // residuals, every load before the first store
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int tok = Packed ? tq : 8 * ct + 2 * tq + (e & 1);
-            const bool live = (!Packed || (e & 1) == 0) && tok < x.n;
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int rt = st.gated ? st.rt0 + gi : st.rt0 + 2 * gi + i;
-                const int row = 16 * rt + gq + (e >= 2 ? 8 : 0);
-                rv[i][e] = live && g.resid && !st.gated && rt < st.rt_end
-                               ? tw_ld(g.resid + (long long)tok * g.resid_ld + row) : 0.f;
-            }
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int tok = Packed ? tq : 8 * ct + 2 * tq + (e & 1);
-            if ((Packed && (e & 1)) || tok >= x.n) continue;
-            float* o = g.out + (long long)(g.scatter ? c.s_tok[tok] : tok) * g.out_ld;
-            const int roff = gq + (e >= 2 ? 8 : 0);
-            if (st.gated) {
-                o[16 * (st.rt0 + gi) + roff] = tw_silu(v0[e]) * v1[e];
-            } else {
-#pragma unroll
-                for (int i = 0; i < 2; ++i) {
-                    const int rt = st.rt0 + 2 * gi + i;
-                    if (rt < st.rt_end) o[16 * rt + roff] = (i ? v1[e] : v0[e]) + rv[i][e];
-                }
-            }
-        }
-    }
-}
-
 // All compute threads: prime the stream, stage the input rows (times F::kXScale) below
 // it, then run every column tile. Column tiles after the first re-stream the weights
 // (T > 8: L2 hits).
@@ -512,30 +370,6 @@ template <class F>
 __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
     const int x_max = TW_STAGE_FLOATS - tw_mma_min_ring_floats<F>();
     const int x_floats = g.n * g.k <= x_max ? g.n * g.k : 0;
-#if TW_MMA_ROW_SPLIT
-    if (TW_ROWS_ASYNC && tw_mma_rows_wins<F>(g)) {
-        TwRowStream rs = tw_row_stream<F>(c, g, x_floats);
-        __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
-        tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
-        tw_row_prime<F>(g, rs);
-        c.mark_phase(9);
-        const TwRows x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage,
-                                        x_max, wn_raw, F::kXScale, rs.depth);
-        c.mark_phase(0);
-        for (int ct = 0; 8 * ct < x.n; ++ct) {
-            if (ct > 0) {
-                rs = tw_row_stream<F>(c, g, x_floats);
-                tw_row_prime<F>(g, rs);
-            }
-            if (TW_MAX_T <= TW_MMA_PACK_T || x.n <= TW_MMA_PACK_T)
-                tw_gemv_mma_rows<F, true>(c, g, x, ct, rs);
-            else
-                tw_gemv_mma_rows<F, false>(c, g, x, ct, rs);
-        }
-        tw_cp_async_wait<0>();
-        return;
-    }
-#endif
     TwMmaStream st = tw_mma_stream<F>(c, g, x_floats);
     TwRows x;
     if (TW_ROWS_ASYNC) {
@@ -543,12 +377,6 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
         __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
         tw_mma_prime<F>(g, st);
-#if TW_UP_PREFETCH_DOWN
-        if (threadIdx.x == 0 && g.l2_codes) {   // a hint for a later task, behind our own weights
-            TwPrefetch pf{TW_PREFETCH_TASK_BYTES};
-            tw_prefetch_rows_mxfp4(pf, g.l2_codes, g.l2_scales, g.l2_k, g.l2_r0, g.l2_r1);
-        }
-#endif
         c.mark_phase(9);
         x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max, wn_raw,
                            F::kXScale, st.depth);

@@ -29,20 +29,6 @@ __device__ __forceinline__ bool tw_gemv_expert_up(const TwCtx& c, const int* a, 
     g.out = c.arena + a[TW_EXPERT_UP_ACT_OFF];
     g.out_ld = a[TW_EXPERT_UP_ACT_LD];
     g.scatter = true;
-#if TW_UP_PREFETCH_DOWN
-    // The down rows of this expert in the same share as this task's up rows (the down
-    // tasks of the slot read them next stage).
-    if (a[TW_EXPERT_UP_W_DOWN] >= 0) {
-        const TwWeight& dw = c.wt[a[TW_EXPERT_UP_W_DOWN]];
-        const int inter = c.wt[a[TW_EXPERT_UP_W]].rows;   // the down weight's k
-        const TwFp4Matrix d = tw_expert_matrix(dw, expert, inter);
-        g.l2_codes = d.codes;
-        g.l2_scales = d.scales;
-        g.l2_k = inter;
-        g.l2_r0 = (int)((long long)g.n0 * dw.rows / inter);
-        g.l2_r1 = (int)((long long)g.n1 * dw.rows / inter);
-    }
-#endif
     return true;
 }
 
