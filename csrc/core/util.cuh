@@ -37,6 +37,11 @@
 #define TW_HOIST_LOADS 0
 #endif
 #define TW_HOIST_LOAD_TRIPS (TW_MAX_T >= 16 ? 2 : 4)   // 4 spilled the 16-token build (92 bytes)
+// An experiment switch S whose new path is chosen at run time: 0 off, 1 on, 2 the placebo
+// (the new code is built but its branch also needs n < 0, which never holds), so an A/B
+// can tell what the code does to the rest of the binary from what it does as work
+// (docs/perf-notes.md v16: the build lottery). n: a count from the task's arguments.
+#define TW_SWITCH_TAKEN(S, n) ((S) == 1 || ((S) == 2 && (n) < 0))
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif

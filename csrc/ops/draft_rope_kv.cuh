@@ -21,7 +21,7 @@ __device__ void tw_op_draft_rope_kv(const TwCtx& c, const int* a) {
         const int need = tw_rope_stage_floats(L, t, with_q ? grp + 1 : 1, ld, rope);
         const bool aligned = ((reinterpret_cast<unsigned long long>(wk) | (with_q ? reinterpret_cast<unsigned long long>(wq) : 0)) & 15) == 0;
         if (need > 0 && need <= TW_STAGE_FLOATS && aligned && t * (grp + 1) <= TW_SCRATCH_FLOATS &&
-            (TW_ROPE_STAGED == 1 || t < 0)) {   // 2: built, never taken (ops/rope_kv.cuh)
+            TW_SWITCH_TAKEN(TW_ROPE_STAGED, t)) {
             tw_rope_kv_staged(c, L, qkv, ld, t, h, a[TW_DRAFT_ROPE_KV_STATE_OFF], rope,
                               with_q ? c.arena + a[TW_DRAFT_ROPE_KV_Q_OFF] : nullptr, a[TW_DRAFT_ROPE_KV_Q_LD], true,
                               wq, wk);

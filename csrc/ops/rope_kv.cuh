@@ -78,9 +78,7 @@ __device__ void tw_store_v(const TwCtx& c, const TwLayer& L, const float* qkv, i
 // cp.async (the kv head's q, k and v rows: no dependence on the position; then the
 // table's cos / sin rows at pos..pos+t-1), then the same arithmetic (tw_rope_elem) writes
 // the outputs: two round trips at any T.
-// TW_ROPE_STAGED=2 (an experiment's placebo): the staged code is built but never taken, so
-// an A/B tells its cost in the rest of the binary (register allocation, layout) from its
-// own run time.
+// TW_ROPE_STAGED=2: the placebo (core/util.cuh TW_SWITCH_TAKEN).
 #ifndef TW_ROPE_STAGED
 #define TW_ROPE_STAGED 0
 #endif
@@ -179,7 +177,7 @@ __device__ void tw_op_rope_kv(const TwCtx& c, const int* a) {
 #if TW_ROPE_STAGED
     const TwWeight& rope = c.wt[a[TW_ROPE_KV_W_ROPE]];
     const int need = tw_rope_stage_floats(L, t, L.heads / L.kv_heads + 1, ld, rope);
-    if (need > 0 && need <= TW_STAGE_FLOATS && (TW_ROPE_STAGED == 1 || t < 0)) {
+    if (need > 0 && need <= TW_STAGE_FLOATS && TW_SWITCH_TAKEN(TW_ROPE_STAGED, t)) {
         tw_rope_kv_staged(c, L, c.arena + a[TW_ROPE_KV_QKV_OFF], ld, t, h, a[TW_ROPE_KV_STATE_OFF], rope,
                           c.arena + a[TW_ROPE_KV_Q_OFF], a[TW_ROPE_KV_Q_LD], false, nullptr, nullptr);
         return;

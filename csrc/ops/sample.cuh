@@ -27,7 +27,22 @@ __device__ __forceinline__ int tw_tile_argmax(const TwCtx& c, int op, const floa
     return (int)bi;
 }
 
-#if TW_HOIST_LOADS
+// SAMPLE and ARGMAX_ROWS reduce the LM head tiles' pairs over the whole CTA (1), not in
+// thread 0's chain of loads (0); 2 is the placebo (core/util.cuh TW_SWITCH_TAKEN). Part of
+// TW_HOIST_LOADS until session 14, which measured SAMPLE 65 -> 4.5 us a verify step with it.
+#ifndef TW_CTA_ARGMAX
+#define TW_CTA_ARGMAX TW_HOIST_LOADS
+#endif
+
+// Row r's token from tw_tiles_argmax_all, or 0 and the error record for a non-finite row.
+__device__ __forceinline__ int tw_tiles_token(const TwCtx& c, int op, const int* s_res, int r) {
+    const int tok = s_res[r];
+    if (tok >= 0) return tok;
+    c.fail(TW_STATUS_NONFINITE, op, (unsigned long long)r, 0);
+    return 0;
+}
+
+#if TW_CTA_ARGMAX
 // All compute threads: each row r < t's token from the tiles' (max, first argmax) pairs into
 // s_res[r] (-1 for a row flagged non-finite: see tw_tiles_token), as tw_tile_argmax; ends
 // with a barrier. The pairs are copied to shared memory in one round of cp.async and a warp
@@ -61,13 +76,6 @@ __device__ void tw_tiles_argmax_all(const TwCtx& c, const float* best, int n_til
     tw_sync();
 }
 
-// Row r's token from tw_tiles_argmax_all, or 0 and the error record for a non-finite row.
-__device__ __forceinline__ int tw_tiles_token(const TwCtx& c, int op, const int* s_res, int r) {
-    const int tok = s_res[r];
-    if (tok >= 0) return tok;
-    c.fail(TW_STATUS_NONFINITE, op, (unsigned long long)r, 0);
-    return 0;
-}
 #endif
 
 __device__ void tw_op_sample(const TwCtx& c, const int* a) {
@@ -76,19 +84,19 @@ __device__ void tw_op_sample(const TwCtx& c, const int* a) {
     int* state = c.arena_i + a[TW_SAMPLE_STATE_OFF];
     const int tok_off = a[TW_SAMPLE_TOK_OFF];
     tw_sync();
-#if TW_HOIST_LOADS
+#if TW_CTA_ARGMAX
+    const bool cta = TW_SWITCH_TAKEN(TW_CTA_ARGMAX, t);
     int* s_res = reinterpret_cast<int*>(c.s_scratch);
-    tw_tiles_argmax_all(c, best, nt, t, s_res);
+    if (cta) tw_tiles_argmax_all(c, best, nt, t, s_res);
+#else
+    constexpr bool cta = false;
+    const int* s_res = nullptr;
 #endif
     if (threadIdx.x == 0) {
         const int step = tw_ldi(state + TW_STATE_STEP);
         const int row = tok_off >= 0 ? step : 0;
         for (int r = 0; r < t; ++r) {
-#if TW_HOIST_LOADS
-            const int tok = tw_tiles_token(c, TW_OP_SAMPLE, s_res, r);
-#else
-            const int tok = tw_tile_argmax(c, TW_OP_SAMPLE, best, nt, t, r);
-#endif
+            const int tok = cta ? tw_tiles_token(c, TW_OP_SAMPLE, s_res, r) : tw_tile_argmax(c, TW_OP_SAMPLE, best, nt, t, r);
             c.arena_i[a[TW_SAMPLE_OUT_OFF] + row * t + r] = tok;
             if (tok_off >= 0) c.arena_i[tok_off + r] = tok;
         }
