@@ -34,6 +34,7 @@ from tilewarp.pipeline.weight_table import weight_table
 from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
+from .linked_build import build_linked
 from .nvrtc_build import compile_cubin, csrc_dir
 from .mxfp4_mma import pack_codes, pack_scales
 from .trace import TRACE_WORDS, TraceRecord, records
@@ -120,14 +121,23 @@ def max_t_bucket(tokens: int) -> int:
     return b
 
 
+#: Ops that can be built as their own translation unit, linked in (runtime/linked_build.py):
+#: the define that switches it on, and the unit.
+SEPARATE_UNITS = {"TW_SEPARATE_MXFP4": "gemv_mxfp4_module.cu"}
+
+
 def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
     """Compile the whole megakernel for sm_90a and steps of up to `tokens` tokens (one
-    cubin per power-of-two bucket, cached); returns the BuildResult."""
+    cubin per power-of-two bucket, cached); returns the BuildResult. With a define of
+    SEPARATE_UNITS set (TILEWARP_DEFINES), that op is its own unit, linked by nvJitLink."""
     # The absolute path as the program name: -lineinfo records it, so Nsight Compute's
     # source view finds megakernel.cu itself (the headers are found through -I already).
     main = csrc_dir() / "megakernel.cu"
-    return compile_cubin(main, name=str(main), cache_dir=cache_dir,
-                         defines={"TW_MAX_T": max_t_bucket(tokens), **extra_defines()})
+    defines = {"TW_MAX_T": max_t_bucket(tokens), **extra_defines()}
+    units = [csrc_dir() / unit for flag, unit in SEPARATE_UNITS.items() if defines.get(flag, "0") not in ("", "0")]
+    if units:
+        return build_linked(main, units, defines, cache_dir)
+    return compile_cubin(main, name=str(main), cache_dir=cache_dir, defines=defines)
 
 
 def extra_defines() -> dict[str, str]:
