@@ -165,8 +165,7 @@ def moe_ffn_block(g: Graph, layer: int, h: Buffer, pol: TilePolicy) -> Buffer:
         act_s, stage, group = At(act, s * t), f"{p}.up", f"{p}.up.s{s}"
         for n0, n1 in up_tiles:
             g.task(Op.EXPERT_UP, {**xa, "w": wg, "w2": wu, "slot": s, "n0": n0, "n1": n1,
-                                  "table_off": tab, "act_off": act_s, "act_ld": act_ld, "layer": layer,
-                                  "w_down": wd},
+                                  "table_off": tab, "act_off": act_s, "act_ld": act_ld, "layer": layer},
                    reads=[h_all, tab_all], writes=[act.tile(s * t, (s + 1) * t, n0, n1)],
                    stage=stage, group=group, layer=layer, cost=up_cost[n0, n1])
 

@@ -72,9 +72,8 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
            "merge chunk partials; the sink logit only adds to the denominator"),
     OpSpec(Op.ROUTE, ("logits_off", "t", "w_bias", "table_off", "layer"),
            "sigmoid scores, biased top-k choice, unbiased renormalised weights, slot table"),
-    OpSpec(Op.EXPERT_UP, _X + ("w", "w2", "slot", "n0", "n1", "table_off", "act_off", "act_ld", "layer", "w_down"),
-           "MXFP4 gate/up rows n0:n1 for the tokens routed to one slot's expert; w_down (the same expert's "
-           "down weight, or -1) is only a hint: the megakernel may prefetch the share n0:n1 of its rows into L2"),
+    OpSpec(Op.EXPERT_UP, _X + ("w", "w2", "slot", "n0", "n1", "table_off", "act_off", "act_ld", "layer"),
+           "MXFP4 gate/up rows n0:n1 for the tokens routed to one slot's expert"),
     OpSpec(Op.EXPERT_DOWN, ("act_off", "act_ld", "k", "t", "w", "slot", "n0", "n1", "table_off", "y_off",
                             "y_ld", "layer"),
            "MXFP4 down rows n0:n1 for one slot's tokens"),

@@ -82,13 +82,6 @@ def test_expert_slots_are_min_of_tokens_times_top_k_and_experts(graph):
     assert len({frozenset(v) for v in tiles.values()}) == 1
 
 
-def test_expert_up_tasks_name_their_layers_down_weight_as_an_l2_hint(graph):
-    # Only a hint (the megakernel may prefetch the down rows into L2): the task reads none of it.
-    for t in by_op(graph)[Op.EXPERT_UP]:
-        down = next(d for d in by_op(graph)[Op.EXPERT_DOWN] if d.layer == t.layer)
-        assert t.args["w_down"] == down.args["w"]
-
-
 def test_one_embed_lm_head_tiles_and_a_single_sample_at_the_end(graph):
     ops = by_op(graph)
     assert len(ops[Op.SAMPLE]) == 1 and graph.tasks[-1].op == Op.SAMPLE
