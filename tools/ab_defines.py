@@ -24,17 +24,7 @@ from tilewarp.pipeline.errors import TilewarpError
 from tilewarp.pipeline.graph.tiling import TilePolicy, default_policy
 from tilewarp.pipeline.presets import preset
 from tilewarp.runtime.trace import op_summary, stage_floor_summary, stage_kind
-
-
-def parse_variants(text: str) -> list[tuple[str, str]]:
-    """"name=DEFINES;name=DEFINES@policy" -> [(name, defines and policy)] (either may be empty)."""
-    out = []
-    for item in filter(None, (t.strip() for t in text.split(";"))):
-        name, sep, defines = item.partition("=")
-        if not sep or not name:
-            raise SystemExit(f"--variants: {item!r} is not name=DEFINES[@POLICY]")
-        out.append((name, defines))
-    return out
+from tools.variants import parse_variants
 
 
 def variant_policy(spec: str, tokens: int) -> tuple[str, TilePolicy | None]:

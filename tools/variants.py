@@ -1,0 +1,16 @@
+"""Build variants as the kernel tools take them (tools/ab_defines.py, tools/sass_loops.py):
+"name=DEFINES;name=DEFINES", DEFINES a TILEWARP_DEFINES string (runtime/megakernel.py
+`extra_defines`), optionally followed by "@POLICY" (ab_defines only)."""
+
+from __future__ import annotations
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+    """"name=DEFINES;name=DEFINES@policy" -> [(name, defines and policy)] (either may be empty)."""
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, sep, defines = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--variants: {item!r} is not name=DEFINES[@POLICY]")
+        out.append((name, defines))
+    return out
