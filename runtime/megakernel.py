@@ -154,7 +154,7 @@ def extra_defines() -> dict[str, str]:
 
 
 # The largest E8M0 scale byte the expert GEMV takes (csrc/ops/gemv_mxfp4.cuh
-# TW_E8M0_MAX_FOLDED): it folds 2^(s - 127) and its fixed 2^16 into one fp32 exponent
+# tw_e8m0_unscaled): it folds 2^(s - 127) and its fixed 2^16 into one fp32 exponent
 # field, s + 16, which must stay below 255. A larger byte (a block scale of 2^112 or more,
 # whose products overflow fp32 anyway) would wrap into the sign bit: refused at upload.
 E8M0_MAX_FOLDED = 238

@@ -21,10 +21,8 @@ __device__ __forceinline__ float tw_e8m0(unsigned int s) {
 
 #define TW_MMA_X_SCALE 0.25f          // 2^-2: the staged input, exact
 #define TW_MMA_UNSCALE 65536.f        // 2^16 = 2^14 (decode) * 2^2 (input)
-#define TW_MMA_UNSCALE_LOG2 16
-// Largest scale byte the fold below takes (mirrors E8M0_MAX_FOLDED in runtime/megakernel.py,
-// which refuses banks with larger ones at upload).
-#define TW_E8M0_MAX_FOLDED (254 - TW_MMA_UNSCALE_LOG2)
+#define TW_MMA_UNSCALE_LOG2 16   // the fold below takes scale bytes up to 254 - 16: runtime/megakernel.py
+                                 // E8M0_MAX_FOLDED refuses banks with larger ones at upload
 
 // 2^(s-127) * TW_MMA_UNSCALE in one integer op: the fp32 whose exponent field is s + 16
 // (s == 0 included: 2^-111 is normal, no subnormal case). Was a shift, a select for s == 0
