@@ -30,6 +30,7 @@ from tools.variants import parse_variants
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _FUNCTION = re.compile(r"Function : (\S+)")
 _BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
+_ADDRESS = re.compile(r"0x[0-9a-f]{4,}")
 COUNTED = ("HMMA", "LDS", "STS", "LDGSTS", "LD", "ST", "LDL", "STL")
 
 
@@ -71,7 +72,7 @@ def inner_loops(code: list[tuple[int, str]]) -> list[Loop]:
     for lo, hi in spans:
         if any(lo <= l2 and h2 <= hi and (l2, h2) != (lo, hi) for l2, h2 in spans):
             continue
-        body = [re.sub(r"0x[0-9a-f]{4,}", "X", t) for _, t in code[lo:hi + 1] if not t.startswith("@!PT")]
+        body = [_mask(t) for _, t in code[lo:hi + 1] if not t.startswith("@!PT")]
         loops.append(Loop(code[lo][0], code[hi][0], body))
     return loops
 
@@ -134,8 +135,13 @@ def report(variants: list[tuple[str, str]], tokens: int, cache_dir: str | None) 
     return lines
 
 
+def _mask(text: str) -> str:
+    """An instruction with its addresses and branch targets (hex of 4+ digits) masked."""
+    return _ADDRESS.sub("X", text)
+
+
 def _masked(code: list[tuple[int, str]]) -> list[str]:
-    return [re.sub(r"0x[0-9a-f]{4,}", "X", t) for _, t in code]
+    return [_mask(t) for _, t in code]
 
 
 def main() -> None:
