@@ -168,12 +168,30 @@ def check_folded_scales(scales: torch.Tensor, where: tuple[int, ...]) -> None:
                           f"at {idx} is beyond the megakernel's range (at most {E8M0_MAX_FOLDED}: 2^111)")
 
 
+# The tensor-core GEMV's copies address a weight matrix (a bf16 matrix, one expert of an
+# MXFP4 bank) with 32-bit byte offsets (csrc/ops/gemv_*.cuh issue_block).
+MAX_MATRIX_BYTES = 1 << 32
+
+
+def check_matrix_bytes(kind: str, shapes: dict[str, tuple[int, ...]]) -> None:
+    if kind == "mxfp4_bank":
+        name, size = "one expert's codes", math.prod(shapes["codes"][1:])
+    elif kind == "bf16":
+        name, size = "the matrix", 2 * math.prod(shapes["w"])
+    else:
+        return
+    if size >= MAX_MATRIX_BYTES:
+        raise DeviceError(f"{kind} weight {shapes}: {name} take {size} bytes; the megakernel addresses a matrix "
+                          f"with 32-bit offsets (at most {MAX_MATRIX_BYTES - 1} bytes)")
+
+
 def device_layout(kind: str, entry: dict[str, torch.Tensor], device: torch.device | str = "cpu",
                   ) -> dict[str, torch.Tensor]:
     """A weight as the megakernel reads it, on `device`: MXFP4 expert banks in the tensor-
     core fragment order (runtime/mxfp4_mma.py, repacked after the copy, on the device; rows
     n0:n1 keep their byte ranges, so descriptors and prefetches are unchanged), everything
     else as the weight table gives it."""
+    check_matrix_bytes(kind, {k: tuple(v.shape) for k, v in entry.items()})
     moved = {k: v.to(device).contiguous() for k, v in entry.items()}
     if kind != "mxfp4_bank":
         return moved

@@ -142,9 +142,20 @@ __device__ __forceinline__ void tw_stream_advance(TwMmaStream& st) {
 
 // Issue this lane's copies of the next item (none past the last) and commit a group:
 // every call commits one, so wait_group counts stay uniform.
+// TW_MMA_ISSUE_BLOCK=1: a format's own copy loop for one block (F::issue_block), its
+// addresses from 32-bit offsets and with no division per chunk. 0: the generic loop below
+// (the A/B baseline; its SASS spent ~40 instructions per 16-byte copy).
+#ifndef TW_MMA_ISSUE_BLOCK
+#define TW_MMA_ISSUE_BLOCK 1
+#endif
 template <class F>
 __device__ __forceinline__ void tw_mma_issue(const TwGemv& g, TwMmaStream& st) {
-    if (st.loaded < st.items) {
+    if (TW_MMA_ISSUE_BLOCK && st.loaded < st.items) {
+        const int np = st.pass_tiles(st.ld_p);
+        unsigned char* dst = st.slot(st.ld_slot);
+        F::issue_block(g, np, st.gated ? 2 * np : np, st.rt0 + st.ld_p * st.per_pass, st.kb0 + st.ld_kb, dst,
+                       dst + st.scale_at);
+    } else if (st.loaded < st.items) {
         constexpr int cpt = F::kTileBytes / 16;   // 16-byte chunks per tile
         const int p = st.ld_p, kb = st.kb0 + st.ld_kb;
         const int np = st.pass_tiles(p), ntile = st.gated ? 2 * np : np;

@@ -100,6 +100,24 @@ struct TwMmaBf16 {
     static __device__ __forceinline__ int chunk_src(int q, int k) { return (q >> 2) * k * 2 + (q & 3) * 16; }
     static __device__ __forceinline__ int chunk_dst(int q) { return (q >> 2) * 64 + (((q & 3) ^ ((q >> 3) & 3)) << 4); }
     static __device__ __forceinline__ const unsigned char* scale_row(const TwGemv&, bool, int, int) { return nullptr; }
+    // The lane's copies of 32-k block kb of a pass's ntile tiles (as TwMmaFp4::issue_block):
+    // 32 copies per 8 rows of a tile, row 8h + lane / 4 (h: the half tile), 16-byte piece
+    // lane % 4 of the row's 64 bytes, placed as chunk_dst places it. Offsets in 32 bits.
+    static __device__ __forceinline__ void issue_block(const TwGemv& g, int np, int ntile, int rt_p, int kb,
+                                                       unsigned char* dst, unsigned char*) {
+        const int lane = tw_lane(), piece = lane & 3;
+        const unsigned row_bytes = (unsigned)g.k * 2u;
+        const unsigned kofs = (unsigned)kb * 64u + (unsigned)piece * 16u;
+#pragma unroll
+        for (int h = 0; h < 2 * kPassTiles; ++h) {
+            const int i = h >> 1, row = (lane >> 2) + 8 * (h & 1);
+            if (i >= ntile) break;
+            const bool up = i >= np;
+            const unsigned rt = (unsigned)(rt_p + (up ? i - np : i));
+            tw_cp_async16(dst + i * kTileBytes + row * 64 + ((piece ^ ((row >> 1) & 3)) << 4),
+                          static_cast<const unsigned char*>(up ? g.w2 : g.w) + ((rt * 16u + row) * row_bytes + kofs));
+        }
+    }
     // ldmatrix.x4: lanes 0-7 / 8-15 / 16-23 / 24-31 address rows 0-7 / 8-15 / 0-7 / 8-15 at
     // k 0-7 / 0-7 / 8-15 / 8-15 of step s: matrices 0..3 are a0..a3 of the mma's A.
     static __device__ __forceinline__ void fragment(const unsigned char* tile, int s, unsigned int (&a)[4]) {

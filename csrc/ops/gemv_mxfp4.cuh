@@ -57,6 +57,32 @@ struct TwMmaFp4 {
     static __device__ __forceinline__ const unsigned char* scale_row(const TwGemv& g, bool up, int rt, int kb) {
         return (up ? g.w2_scales : g.w_scales) + ((long long)rt * (g.k / 32) + kb) * 16;
     }
+    // The lane's copies of 32-k block kb of a pass's ntile tiles (the first np of w, then,
+    // gated, the same rows of w2; rt_p the pass's first row tile) into a ring slot: the
+    // codes (two tiles per 32 copies: tile 2j + lane / 16, 16-byte piece lane % 16), then the
+    // tiles' scale rows (lanes < ntile). Offsets in 32 bits: an expert matrix is < 4 GB
+    // (runtime/megakernel.py refuses larger weights).
+    static __device__ __forceinline__ void issue_block(const TwGemv& g, int np, int ntile, int rt_p, int kb,
+                                                       unsigned char* dst, unsigned char* scale_dst) {
+        const int lane = tw_lane(), piece = lane & 15;
+        const unsigned tile_bytes = (unsigned)g.k * 8u;   // a 16-row tile over all of k
+        const unsigned kofs = (unsigned)kb * 256u + (unsigned)piece * 16u;
+#pragma unroll
+        for (int j = 0; j < kPassTiles / 2; ++j) {
+            const int i = 2 * j + (lane >> 4);
+            if (i >= ntile) break;
+            const bool up = i >= np;
+            const unsigned rt = (unsigned)(rt_p + (up ? i - np : i));
+            tw_cp_async16(dst + i * kTileBytes + piece * 16,
+                          static_cast<const unsigned char*>(up ? g.w2 : g.w) + (rt * tile_bytes + kofs));
+        }
+        if (lane < ntile) {
+            const bool up = lane >= np;
+            const unsigned rt = (unsigned)(rt_p + (up ? lane - np : lane));
+            tw_cp_async16(scale_dst + lane * kScaleBytes,
+                          (up ? g.w2_scales : g.w_scales) + (rt * (unsigned)(g.k / 32) + (unsigned)kb) * 16u);
+        }
+    }
     // The lane's A fragment of k16 step s: its word of the step's 32, decoded.
     static __device__ __forceinline__ void fragment(const unsigned char* tile, int s, unsigned int (&a)[4]) {
         const unsigned int wd = reinterpret_cast<const unsigned int*>(tile)[s * 32 + tw_lane()];

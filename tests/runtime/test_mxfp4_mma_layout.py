@@ -121,3 +121,16 @@ def test_expert_banks_with_scales_past_the_folded_exponent_are_refused_at_upload
     scales[1, 17, 1] = E8M0_MAX_FOLDED + 1
     with pytest.raises(DeviceError, match=r"scale byte 239 \(2\^112\) at \(1, 17, 1\)"):
         device_layout("mxfp4_bank", {"codes": torch.from_numpy(codes), "scales": torch.from_numpy(scales)})
+
+
+def test_weights_past_32_bit_offsets_are_refused_at_upload():
+    """The tensor-core GEMV addresses one matrix (a bf16 weight, one expert) in 32 bits."""
+    from tilewarp.pipeline.errors import DeviceError
+    from tilewarp.runtime.megakernel import check_matrix_bytes
+    check_matrix_bytes("bf16", {"w": (65536, 32767)})
+    check_matrix_bytes("mxfp4_bank", {"codes": (512, 65536, 65535), "scales": (512, 65536, 4095)})
+    with pytest.raises(DeviceError, match="bf16 weight .* 4294967296 bytes"):
+        check_matrix_bytes("bf16", {"w": (65536, 32768)})
+    with pytest.raises(DeviceError, match="one expert's codes take 4294967296 bytes"):
+        check_matrix_bytes("mxfp4_bank", {"codes": (2, 65536, 65536), "scales": (2, 65536, 4096)})
+    check_matrix_bytes("rope", {"cos": (1 << 20, 1 << 13)})
