@@ -34,7 +34,6 @@ from tilewarp.pipeline.weight_table import weight_table
 from tilewarp.pipeline.weights import Weights
 
 from .abi import LAYER_DTYPE, PARAMS_DTYPE, STATUS_CODES, STATUS_DTYPE, WEIGHT_DTYPE, WEIGHT_KINDS
-from .linked_build import build_linked
 from .nvrtc_build import compile_cubin, csrc_dir
 from .mxfp4_mma import pack_codes, pack_scales
 from .trace import TRACE_WORDS, TraceRecord, records
@@ -47,7 +46,8 @@ GPU_OPS = frozenset({Op.EMBED, Op.LINEAR, Op.LINEAR_SWIGLU, Op.ROPE_KV, Op.ATTN_
                      Op.DRAFT_ROPE_KV, Op.DRAFT_ATTN, Op.EXPORT_HIDDEN, Op.ARGMAX_ROWS, Op.ACCEPT,
                      Op.COPY_DRAFT})
 SCRATCH_FLOATS = 12 * 1024   # mirrors TW_SCRATCH_FLOATS in csrc/core/context.cuh
-SMEM_BYTES = (2 * 16 + 44 * 1024 + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
+STAGE_FLOATS = 44 * 1024   # mirrors TW_STAGE_FLOATS in csrc/core/rows.cuh
+SMEM_BYTES = (2 * 16 + STAGE_FLOATS + SCRATCH_FLOATS) * 4   # mirrors TW_SMEM_BYTES in csrc/core/context.cuh
 DEFAULT_WAIT_BOUND_S = 2.0
 MAX_MERGE_V_DIM = 128   # mirrors TW_MERGE_DIMS * 32 in csrc/ops/attn_merge.cuh
 
@@ -68,6 +68,19 @@ def check_gpu_ops(program: Program) -> None:
     if Op.COPY_DRAFT in ops and max_t_bucket(program.tokens) > COPY_DRAFT_MAX_T:
         raise DeviceError(f"copy drafting (COPY_DRAFT) runs in builds of at most {COPY_DRAFT_MAX_T} tokens per step; "
                           f"this DFlash program has blocks of {program.tokens}: build it with copy=None")
+    check_argmax_tiles(program)
+
+
+def check_argmax_tiles(program: Program) -> None:
+    """SAMPLE and ARGMAX_ROWS stage every LM head tile's (max, argmax) pair of every row in
+    shared memory (csrc/ops/sample.cuh tw_tiles_argmax_all): refuse a program with more."""
+    for task in np.flatnonzero(np.isin(program.desc["op"], [int(Op.SAMPLE), int(Op.ARGMAX_ROWS)])):
+        floats = program.arg(int(task), "n_tiles") * program.arg(int(task), "t") * 2
+        if floats > STAGE_FLOATS:
+            raise GraphError(f"{program.describe(int(task))}: {program.arg(int(task), 'n_tiles')} LM head tiles of "
+                             f"{program.arg(int(task), 't')} rows give {floats} floats of (max, argmax) pairs; the "
+                             f"megakernel stages at most {STAGE_FLOATS}: cut the LM head into fewer tiles "
+                             f"(TilePolicy.max_tiles)")
 
 
 def route_scratch_floats(experts: int, tokens: int = 16) -> int:
@@ -121,22 +134,13 @@ def max_t_bucket(tokens: int) -> int:
     return b
 
 
-#: Ops that can be built as their own translation unit, linked in (runtime/linked_build.py):
-#: the define that switches it on, and the unit.
-SEPARATE_UNITS = {"TW_SEPARATE_MXFP4": "gemv_mxfp4_module.cu"}
-
-
 def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
     """Compile the whole megakernel for sm_90a and steps of up to `tokens` tokens (one
-    cubin per power-of-two bucket, cached); returns the BuildResult. With a define of
-    SEPARATE_UNITS set (TILEWARP_DEFINES), that op is its own unit, linked by nvJitLink."""
+    cubin per power-of-two bucket, cached); returns the BuildResult."""
     # The absolute path as the program name: -lineinfo records it, so Nsight Compute's
     # source view finds megakernel.cu itself (the headers are found through -I already).
     main = csrc_dir() / "megakernel.cu"
     defines = {"TW_MAX_T": max_t_bucket(tokens), **extra_defines()}
-    units = [csrc_dir() / unit for flag, unit in SEPARATE_UNITS.items() if defines.get(flag, "0") not in ("", "0")]
-    if units:
-        return build_linked(main, units, defines, cache_dir)
     return compile_cubin(main, name=str(main), cache_dir=cache_dir, defines=defines)
 
 

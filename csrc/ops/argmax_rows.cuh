@@ -6,18 +6,8 @@
 
 __device__ void tw_op_argmax_rows(const TwCtx& c, const int* a) {
     const int t = a[TW_ARGMAX_ROWS_T];
-#if TW_CTA_ARGMAX   // ops/sample.cuh
-    if (TW_SWITCH_TAKEN(TW_CTA_ARGMAX, t)) {
-        int* s_res = reinterpret_cast<int*>(c.s_scratch);
-        tw_tiles_argmax_all(c, c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t, s_res);
-        if (threadIdx.x < t)
-            c.arena_i[a[TW_ARGMAX_ROWS_OUT_OFF] + threadIdx.x] =
-                tw_tiles_token(c, TW_OP_ARGMAX_ROWS, s_res, threadIdx.x);
-        return;
-    }
-#endif
+    int* s_res = reinterpret_cast<int*>(c.s_scratch);
+    tw_tiles_argmax_all(c, c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t, s_res);
     if (threadIdx.x < t)
-        c.arena_i[a[TW_ARGMAX_ROWS_OUT_OFF] + threadIdx.x] =
-            tw_tile_argmax(c, TW_OP_ARGMAX_ROWS, c.arena + a[TW_ARGMAX_ROWS_BEST_OFF], a[TW_ARGMAX_ROWS_N_TILES], t,
-                           threadIdx.x);
+        c.arena_i[a[TW_ARGMAX_ROWS_OUT_OFF] + threadIdx.x] = tw_tiles_token(c, TW_OP_ARGMAX_ROWS, s_res, threadIdx.x);
 }

@@ -9,31 +9,6 @@
 // finite with this id.
 #define TW_NONFINITE_TOKEN (1 << 24)
 
-// Row r's token from n_tiles tiles of (max, argmax as float) rows [tile][t][2]: the lowest
-// id among the tiles' equal maxima, which is what one argmax over the whole row gives.
-// Shared with ARGMAX_ROWS. A row with a non-finite logit (or no finite maximum) is
-// refused: the error record names the op and the row, and the row gets token 0 while
-// the kernel stops, so nothing downstream indexes past the vocabulary.
-__device__ __forceinline__ int tw_tile_argmax(const TwCtx& c, int op, const float* best, int n_tiles, int t, int r) {
-    float bv = -INFINITY, bi = 3.0e38f;
-    for (int i = 0; i < n_tiles; ++i) {
-        const float v = tw_ld(best + (i * t + r) * 2), id = tw_ld(best + (i * t + r) * 2 + 1);
-        if (v > bv || (v == bv && id < bi)) { bv = v; bi = id; }
-    }
-    if (!(bi < (float)TW_NONFINITE_TOKEN)) {
-        c.fail(TW_STATUS_NONFINITE, op, (unsigned long long)r, 0);
-        return 0;
-    }
-    return (int)bi;
-}
-
-// SAMPLE and ARGMAX_ROWS reduce the LM head tiles' pairs over the whole CTA (1), not in
-// thread 0's chain of loads (0); 2 is the placebo (core/util.cuh TW_SWITCH_TAKEN). Part of
-// TW_HOIST_LOADS until session 14, which measured SAMPLE 65 -> 4.5 us a verify step with it.
-#ifndef TW_CTA_ARGMAX
-#define TW_CTA_ARGMAX TW_HOIST_LOADS
-#endif
-
 // Row r's token from tw_tiles_argmax_all, or 0 and the error record for a non-finite row.
 __device__ __forceinline__ int tw_tiles_token(const TwCtx& c, int op, const int* s_res, int r) {
     const int tok = s_res[r];
@@ -42,12 +17,12 @@ __device__ __forceinline__ int tw_tiles_token(const TwCtx& c, int op, const int*
     return 0;
 }
 
-#if TW_CTA_ARGMAX
 // All compute threads: each row r < t's token from the tiles' (max, first argmax) pairs into
-// s_res[r] (-1 for a row flagged non-finite: see tw_tiles_token), as tw_tile_argmax; ends
-// with a barrier. The pairs are copied to shared memory in one round of cp.async and a warp
-// reduces a row: thread 0 alone read the n_tiles pairs in a chain of dependent loads (~9 us
-// of the ~10 us SAMPLE stage at T = 1, t x that for ARGMAX_ROWS' rows).
+// s_res[r] (-1 for a row flagged non-finite: see tw_tiles_token): the lowest id among the
+// tiles' equal maxima, which is what one argmax over the whole row gives. Ends with a
+// barrier. The pairs are copied to shared memory in one round of cp.async and a warp
+// reduces a row; thread 0 alone reading them in a chain of dependent loads took 11 us a
+// step at T = 1 and 65 us at T = 8, this 3.9 and 4.7 (docs/perf-notes.md v17).
 __device__ void tw_tiles_argmax_all(const TwCtx& c, const float* best, int n_tiles, int t, int* s_res) {
     float* s_b = c.s_stage;   // [n_tiles * t][2]
     const int n = n_tiles * t * 2;
@@ -76,27 +51,19 @@ __device__ void tw_tiles_argmax_all(const TwCtx& c, const float* best, int n_til
     tw_sync();
 }
 
-#endif
-
 __device__ void tw_op_sample(const TwCtx& c, const int* a) {
     const int t = a[TW_SAMPLE_T], nt = a[TW_SAMPLE_N_TILES];
     const float* best = c.arena + a[TW_SAMPLE_BEST_OFF];
     int* state = c.arena_i + a[TW_SAMPLE_STATE_OFF];
     const int tok_off = a[TW_SAMPLE_TOK_OFF];
     tw_sync();
-#if TW_CTA_ARGMAX
-    const bool cta = TW_SWITCH_TAKEN(TW_CTA_ARGMAX, t);
     int* s_res = reinterpret_cast<int*>(c.s_scratch);
-    if (cta) tw_tiles_argmax_all(c, best, nt, t, s_res);
-#else
-    constexpr bool cta = false;
-    const int* s_res = nullptr;
-#endif
+    tw_tiles_argmax_all(c, best, nt, t, s_res);
     if (threadIdx.x == 0) {
         const int step = tw_ldi(state + TW_STATE_STEP);
         const int row = tok_off >= 0 ? step : 0;
         for (int r = 0; r < t; ++r) {
-            const int tok = cta ? tw_tiles_token(c, TW_OP_SAMPLE, s_res, r) : tw_tile_argmax(c, TW_OP_SAMPLE, best, nt, t, r);
+            const int tok = tw_tiles_token(c, TW_OP_SAMPLE, s_res, r);
             c.arena_i[a[TW_SAMPLE_OUT_OFF] + row * t + r] = tok;
             if (tok_off >= 0) c.arena_i[tok_off + r] = tok;
         }

@@ -43,8 +43,8 @@ def test_tilewarp_defines_add_csrc_macros_for_experiments(monkeypatch):
 #: the v12 path of the GEMV rows: an experiment that no longer builds would cost a device
 #: call to find out. TW_HOIST_LOADS spills 12 bytes at T = 8 beside the block copy loop
 #: (TW_MMA_ISSUE_BLOCK), so it builds with the previous loop.
-EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_ROPE_STAGED=2", "TW_HOIST_LOADS=1,TW_MMA_ISSUE_BLOCK=0", "TW_CTA_ARGMAX=1",
-               "TW_CTA_ARGMAX=2", "TW_MMA_CHAIN_K16=1", "TW_E8M0_FOLD=0", "TW_MMA_ISSUE_BLOCK=0"]
+EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_ROPE_STAGED=2", "TW_HOIST_LOADS=1,TW_MMA_ISSUE_BLOCK=0", "TW_MMA_CHAIN_K16=1",
+               "TW_E8M0_FOLD=0", "TW_MMA_ISSUE_BLOCK=0"]
 
 
 @pytest.mark.slow
