@@ -109,8 +109,15 @@ def _wheel_cuobjdump() -> str | None:
 
 def build_sass(defines: str, tokens: int, cache_dir: str | None) -> str:
     from tilewarp.runtime.megakernel import build_megakernel
+    before = os.environ.get("TILEWARP_DEFINES")
     os.environ["TILEWARP_DEFINES"] = defines
-    return disassemble(build_megakernel(tokens, cache_dir=cache_dir).cubin)
+    try:
+        return disassemble(build_megakernel(tokens, cache_dir=cache_dir).cubin)
+    finally:   # the caller's defines (a test run's later builds) stay theirs
+        if before is None:
+            del os.environ["TILEWARP_DEFINES"]
+        else:
+            os.environ["TILEWARP_DEFINES"] = before
 
 
 def report(variants: list[tuple[str, str]], tokens: int, cache_dir: str | None) -> list[str]:

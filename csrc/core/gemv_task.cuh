@@ -66,14 +66,6 @@ __device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g
         tw_warp_ring(c.s_stage));
 }
 
-// 1: the MXFP4 GEMV is a separately compiled unit (csrc/gemv_mxfp4_module.cu), linked in.
-#ifndef TW_SEPARATE_MXFP4
-#define TW_SEPARATE_MXFP4 0
-#endif
-#if TW_SEPARATE_MXFP4
-extern __device__ void tw_gemv_mma_mxfp4_module(const TwCtx& c, const TwGemv& g, float* wn_smem);
-#endif
-
 // All compute threads; s_tok holds the input rows' source indices.
 __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
     // GEMV tasks leave the scratch free: it takes the norm weight when the row fits.
@@ -81,11 +73,7 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
                          && (reinterpret_cast<unsigned long long>(g.norm) & 15) == 0;
     float* wn_smem = wn_fits ? c.s_scratch : nullptr;
     if (g.fmt == TW_FMT_MXFP4) {
-#if TW_SEPARATE_MXFP4
-        tw_gemv_mma_mxfp4_module(c, g, wn_smem);
-#else
         tw_gemv_mma<TwMmaFp4>(c, g, wn_smem);
-#endif
         return;
     }
 #if TW_MAX_T > 1

@@ -61,7 +61,7 @@ __device__ __forceinline__ bool tw_rows_stageable(const float* src, int ld, int 
 // After the staged rows (and the norm weight, as fp32 in wn_f or bf16 in wn_b, both shared
 // memory) are in place and a barrier passed: the per-row factor (1/rms times xscale) and,
 // for staged rows, the rows scaled in place. All compute threads; ends with a barrier.
-static __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const int* tok_smem, float eps,
+__device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const int* tok_smem, float eps,
                                   float* inv_smem, float* stage_smem, const float* wn_f, const __nv_bfloat16* wn_b,
                                   float xscale) {
     const int w = tw_warp(), lane = tw_lane(), n = rows.n, k = rows.k, k4 = k / 4;
@@ -128,7 +128,7 @@ static __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld,
 // receives the norm weight in the staging pass, so its loads overlap the rows' instead of
 // following the sum of squares. Every row comes out times `xscale`, a power of two (so
 // exactly), folded into the per-row factor: 1 for bf16 weights, TW_MXFP4_X_SCALE for MXFP4.
-static __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
+__device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_smem, int n, int k,
                                const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
                                int stage_floats, float* wn_smem, float xscale) {
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
@@ -165,7 +165,7 @@ static __device__ TwRows tw_load_rows(const float* src, int ld, const int* tok_s
 // that they head the SM's memory queue; the caller then issues its weights (`newer`
 // commit groups) and tw_rows_finish waits for the rows alone and normalises them. Rows
 // that do not fit the stage are read from L2 as tw_load_rows does. All compute threads.
-static __device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int n, int k, const __nv_bfloat16* wn,
+__device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int n, int k, const __nv_bfloat16* wn,
                               float* stage_smem, int stage_floats, __nv_bfloat16* wn_raw) {
     if (tw_rows_stageable(src, ld, n, k, stage_floats)) {
         const int k4 = k / 4;
@@ -179,7 +179,7 @@ static __device__ void tw_rows_issue(const float* src, int ld, const int* tok_sm
     tw_cp_async_commit();
 }
 
-static __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, int n, int k,
+__device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, int n, int k,
                                  const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
                                  int stage_floats, const __nv_bfloat16* wn_raw, float xscale, int newer) {
     TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, nullptr};
