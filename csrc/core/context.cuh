@@ -52,3 +52,13 @@ struct TwCtx {
     __device__ const __nv_bfloat16* vec_or_null(int wid) const { return wid >= 0 ? bf16(wid) : nullptr; }
     __device__ int pos(int state_off) const { return tw_ldi(arena_i + state_off + TW_STATE_POS); }
 };
+
+// Timing experiment only (TW_EXP_MARK = 16): the body mark once a GEMV task's input rows
+// have landed (their copies are older than `newer` commit groups), before the norm pass;
+// tw_rows_finish's own wait then finds them there. A macro, so that other builds' code is
+// untouched (even an empty inline call re-rolled the register allocation).
+#if TW_EXP_MARK == 16
+#define TW_ROWS_LANDED_MARK(c, newer) (tw_cp_async_wait_n(newer), tw_sync(), (c).mark_phase(16))
+#else
+#define TW_ROWS_LANDED_MARK(c, newer) ((void)0)
+#endif

@@ -389,6 +389,7 @@ __device__ void tw_gemv_mma(const TwCtx& c, const TwGemv& g, float* wn_smem) {
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, x_max, wn_raw);
         tw_mma_prime<F>(g, st);
         c.mark_phase(9);
+        TW_ROWS_LANDED_MARK(c, st.depth);
         x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv, c.s_stage, x_max, wn_raw,
                            F::kXScale, st.depth);
     } else {

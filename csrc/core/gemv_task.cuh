@@ -91,7 +91,14 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
         // The rows' copies first, the weight ring behind them, then the wait for the rows.
         __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, TW_X_STAGE_FLOATS, wn_raw);
+#if TW_EXP_MARK == 14   // #if, not mark_phase: even a call that folds away re-rolled this build
+        c.mark_phase(14);
+#endif
         tw_gemv_run_core<TwBf16Core, true>(c, g, [&] {
+#if TW_EXP_MARK == 15
+            c.mark_phase(15);
+#endif
+            TW_ROWS_LANDED_MARK(c, TW_RING_DEPTH);
             const TwRows x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv,
                                             c.s_stage, TW_X_STAGE_FLOATS, wn_raw, 1.f, TW_RING_DEPTH);
             c.mark_phase(0);
