@@ -24,6 +24,19 @@
 // ms per decode step, 4.780 -> 4.477 per verify step of 8 (docs/perf-notes.md v15): staged
 // first, the rows' L2 round trip held up the weights' (qkv: 2.7 us of prologue before
 // the first weight request); primed first, the rows queued behind ~130 KB of weights.
+// Candidate (off): the prologue's loops kept rolled (TW_COMPACT_PROLOGUE=1). The norm pass
+// of a T = 1 qkv task takes ~2 us where its arithmetic is ~0.5 (docs/perf-notes.md v17): its
+// unrolled loops are ~10 KB of SASS per inlined copy, fetched cold once a task while the
+// stage's weight burst holds the memory system.
+#ifndef TW_COMPACT_PROLOGUE
+#define TW_COMPACT_PROLOGUE 0
+#endif
+#if TW_COMPACT_PROLOGUE
+#define TW_PROLOGUE_LOOP _Pragma("unroll 1")
+#else
+#define TW_PROLOGUE_LOOP
+#endif
+
 #ifndef TW_ROWS_ASYNC
 #define TW_ROWS_ASYNC 1
 #endif
@@ -72,12 +85,14 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
             float ss = 0.f;
             if (stage) {
                 const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
+                TW_PROLOGUE_LOOP
                 for (int c4 = lane; c4 < k4; c4 += 32) {
                     const float4 v = row[c4];
                     ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
                 }
             } else {
                 const float* row = src + (long long)tok_smem[r] * ld;
+                TW_PROLOGUE_LOOP
                 for (int c = lane; c < k; c += 32) {
                     const float v = tw_ld(row + c);
                     ss += v * v;
@@ -96,6 +111,7 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
             // logical columns tw_swz(4 c4) .. + 3 (the swizzle is its own inverse and moves
             // whole float4s).
             float4* st4 = reinterpret_cast<float4*>(stage_smem);
+            TW_PROLOGUE_LOOP
             for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
                 const int r = i / k4, c = tw_swz(4 * (i - r * k4));
                 const float f = inv_smem[r];
@@ -169,15 +185,21 @@ __device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int
                               float* stage_smem, int stage_floats, __nv_bfloat16* wn_raw) {
     if (tw_rows_stageable(src, ld, n, k, stage_floats)) {
         const int k4 = k / 4;
+        TW_PROLOGUE_LOOP
         for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
             const int r = i / k4, c = 4 * (i - r * k4);
             tw_cp_async16(stage_smem + r * k + tw_swz(c), src + (long long)tok_smem[r] * ld + c);
         }
         if (wn && wn_raw)
+            TW_PROLOGUE_LOOP
             for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_cp_async16(wn_raw + 8 * i, wn + 8 * i);
     }
     tw_cp_async_commit();
 }
+
+#ifndef TW_EXP_NORM_TWICE
+#define TW_EXP_NORM_TWICE 0
+#endif
 
 __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, int n, int k,
                                  const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
@@ -186,6 +208,13 @@ __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, 
     const bool stage = tw_rows_stageable(src, ld, n, k, stage_floats);
     tw_cp_async_wait_n(newer);   // this thread's copies of the rows have landed
     tw_sync();                   // and every thread's
+#if TW_EXP_NORM_TWICE
+    // Timing experiment only: the norm pass run twice (the rows come out scaled twice, so the
+    // step's numbers are wrong); the second, warm run against the first tells the pass's
+    // own time from its cold start.
+    tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr, nullptr,
+                      stage ? wn_raw : nullptr, xscale);
+#endif
     tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr, nullptr,
                       stage ? wn_raw : nullptr, xscale);
     return rows;
