@@ -37,6 +37,15 @@
 #define TW_PROLOGUE_LOOP
 #endif
 
+// Candidate (off): TW_NORM_SPLIT=1 splits a row's sum of squares over several warps when
+// the rows are few (see tw_rows_normalise); its partials live here.
+#ifndef TW_NORM_SPLIT
+#define TW_NORM_SPLIT 0
+#endif
+#if TW_NORM_SPLIT
+__shared__ float tw_norm_part[TW_WARPS];
+#endif
+
 #ifndef TW_ROWS_ASYNC
 #define TW_ROWS_ASYNC 1
 #endif
@@ -80,6 +89,30 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
     const int w = tw_warp(), lane = tw_lane(), n = rows.n, k = rows.k, k4 = k / 4;
     const bool stage = stage_smem != nullptr;
     const __nv_bfloat16* wn = rows.wn;
+#if TW_NORM_SPLIT
+    if (wn && stage && 2 * n <= TW_WARPS) {
+        // Candidate (off): few rows, so each row's sum of squares is split over
+        // TW_WARPS / n warps (one warp per row at T = 1 walked 2,048 floats alone).
+        const int per = TW_WARPS / n, r = w / per, part = w - r * per;
+        if (r < n) {
+            const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
+            float ss = 0.f;
+            TW_PROLOGUE_LOOP
+            for (int c4 = part * 32 + lane; c4 < k4; c4 += 32 * per) {
+                const float4 v = row[c4];
+                ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+            }
+            ss = tw_warp_sum(ss);
+            if (lane == 0) tw_norm_part[w] = ss;
+        }
+        tw_sync();
+        if (threadIdx.x < n) {
+            float ss = 0.f;
+            for (int j = 0; j < per; ++j) ss += tw_norm_part[threadIdx.x * per + j];
+            inv_smem[threadIdx.x] = rsqrtf(ss / (float)k + eps) * xscale;
+        }
+    } else
+#endif
     if (wn) {   // the sum of squares only when there is a norm
         for (int r = w; r < n; r += TW_WARPS) {
             float ss = 0.f;

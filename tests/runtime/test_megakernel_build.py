@@ -50,7 +50,8 @@ EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_ROPE_STAGED=2", "TW_HOIST_LOADS=1,TW_MMA_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("defines,tokens", [(d, 8) for d in EXPERIMENTS] + [
-    ("TW_ROWS_ASYNC=0", 1), ("TW_WALK_BULK=1", 1), ("TW_COMPACT_PROLOGUE=1", 1), ("TW_EXP_NORM_TWICE=1", 1)])
+    ("TW_ROWS_ASYNC=0", 1), ("TW_WALK_BULK=1", 1), ("TW_COMPACT_PROLOGUE=1", 1), ("TW_NORM_SPLIT=1", 1),
+    ("TW_EXP_NORM_TWICE=1", 1)])
 def test_each_experiment_switch_compiles_with_no_spills(tmp_path, monkeypatch, defines, tokens):
     monkeypatch.setenv("TILEWARP_DEFINES", defines)
     k = build_megakernel(tokens, cache_dir=tmp_path).report.kernel("tw_megakernel")
