@@ -64,6 +64,9 @@ __device__ __forceinline__ void tw_dispatch(const TwCtx& c, int op, const int* a
     // GEMV ops decode into a TwGemv and share one executor (core/gemv_task.cuh).
     TwGemv g;
     bool gemv = false;
+#if TW_EXP_MARK == 17   // timing only: the task's op begins (after the waits' barrier)
+    c.mark_phase(17);
+#endif
     switch (op) {
         case TW_OP_LINEAR: g = tw_gemv_linear(c, a); gemv = true; break;
         case TW_OP_LINEAR_SWIGLU: g = tw_gemv_linear_swiglu(c, a); gemv = true; break;

@@ -90,6 +90,9 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
     if (TW_ROWS_ASYNC && !TW_EXP_TWICE) {
         // The rows' copies first, the weight ring behind them, then the wait for the rows.
         __nv_bfloat16* wn_raw = reinterpret_cast<__nv_bfloat16*>(wn_smem);
+#if TW_EXP_MARK == 18   // timing only: the descriptor decoded, before the first copy
+        c.mark_phase(18);
+#endif
         tw_rows_issue(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.s_stage, TW_X_STAGE_FLOATS, wn_raw);
 #if TW_EXP_MARK == 14   // #if, not mark_phase: even a call that folds away re-rolled this build
         c.mark_phase(14);
