@@ -37,7 +37,8 @@
 // 0 one copy per row and chunk, each slot completing on its own mbarrier, where cp.async
 // took 4 warp instructions per row and chunk. Why: in a T = 1 qkv task the ring's ~130 KB of
 // copies take 2.4 us to issue and the norm pass after them ~2 us (docs/perf-notes.md v17);
-// the copies queue in the SM's load/store pipe ahead of the norm's shared loads.
+// one reading, to be measured: the copies queue in the SM's load/store pipe ahead of the
+// norm's shared loads.
 #ifndef TW_WALK_BULK
 #define TW_WALK_BULK 0
 #endif

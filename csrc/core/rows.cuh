@@ -25,9 +25,9 @@
 // first, the rows' L2 round trip held up the weights' (qkv: 2.7 us of prologue before
 // the first weight request); primed first, the rows queued behind ~130 KB of weights.
 // Candidate (off): the prologue's loops kept rolled (TW_COMPACT_PROLOGUE=1). The norm pass
-// of a T = 1 qkv task takes ~2 us where its arithmetic is ~0.5 (docs/perf-notes.md v17): its
-// unrolled loops are ~10 KB of SASS per inlined copy, fetched cold once a task while the
-// stage's weight burst holds the memory system.
+// of a T = 1 qkv task takes ~2 us where its arithmetic is ~0.5 (docs/perf-notes.md v17). One
+// reading, to be measured: its unrolled loops (~10 KB of SASS per inlined copy) are fetched
+// cold once a task while the stage's weight burst holds the memory system.
 #ifndef TW_COMPACT_PROLOGUE
 #define TW_COMPACT_PROLOGUE 0
 #endif
@@ -223,9 +223,10 @@ __device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int
             const int r = i / k4, c = 4 * (i - r * k4);
             tw_cp_async16(stage_smem + r * k + tw_swz(c), src + (long long)tok_smem[r] * ld + c);
         }
-        if (wn && wn_raw)
+        if (wn && wn_raw) {
             TW_PROLOGUE_LOOP
             for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_cp_async16(wn_raw + 8 * i, wn + 8 * i);
+        }
     }
     tw_cp_async_commit();
 }
