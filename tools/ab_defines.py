@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 
 from examples.bench_megakernel import DecodeBench, one_step, time_decode
@@ -24,7 +23,7 @@ from tilewarp.pipeline.errors import TilewarpError
 from tilewarp.pipeline.graph.tiling import TilePolicy, default_policy
 from tilewarp.pipeline.presets import preset
 from tilewarp.runtime.trace import op_summary, stage_floor_summary, stage_kind
-from tools.variants import parse_variants
+from tools.variants import kernel_defines, parse_variants
 
 
 def variant_policy(spec: str, tokens: int) -> tuple[str, TilePolicy | None]:
@@ -65,23 +64,23 @@ def main() -> None:
     for rnd in range(args.rounds):
         for name, spec in variants:
             defines, policy = variant_policy(spec, args.tokens)
-            os.environ["TILEWARP_DEFINES"] = defines
-            try:
-                bench.plan(policy)
-                runner = bench.runner(trace_cap=256)
-                ms[name] += time_decode(runner, args.steps, args.repeats)
-                if rnd == 0:
-                    runner.tracing = True
-                    one_step(runner)
-                    recs = runner.trace_records()
-                    label = stage_kind if args.by_stage else None
-                    per_op[name] = op_summary(recs, bench.prog, label)
-                    walls[name] = stage_floor_summary(recs, bench.prog, [t.cost.bytes for t in bench.graph.tasks], 1.0,
-                                                      label)
-                    span = (max(r.done for r in recs) - min(r.fetched for r in recs)) / 1e3
-                    walls[name]["(traced step)"] = {"wall_us": span}
-            except TilewarpError as e:   # a variant that breaks the kernel is a result too
-                failed[name] = str(e)
+            with kernel_defines(defines):
+                try:
+                    bench.plan(policy)
+                    runner = bench.runner(trace_cap=256)
+                    ms[name] += time_decode(runner, args.steps, args.repeats)
+                    if rnd == 0:
+                        runner.tracing = True
+                        one_step(runner)
+                        recs = runner.trace_records()
+                        label = stage_kind if args.by_stage else None
+                        per_op[name] = op_summary(recs, bench.prog, label)
+                        task_bytes = [t.cost.bytes for t in bench.graph.tasks]
+                        walls[name] = stage_floor_summary(recs, bench.prog, task_bytes, 1.0, label)
+                        span = (max(r.done for r in recs) - min(r.fetched for r in recs)) / 1e3
+                        walls[name]["(traced step)"] = {"wall_us": span}
+                except TilewarpError as e:   # a variant that breaks the kernel is a result too
+                    failed[name] = str(e)
             print(f"round {rnd} {name}: {ms[name][-1] if ms[name] else float('nan'):.3f} ms/step", flush=True)
             runner = None
     base = statistics.median(ms[variants[0][0]] or [float("nan")])

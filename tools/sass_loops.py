@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.variants import parse_variants
+from tools.variants import kernel_defines, parse_variants
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _FUNCTION = re.compile(r"Function : (\S+)")
@@ -109,15 +109,8 @@ def _wheel_cuobjdump() -> str | None:
 
 def build_sass(defines: str, tokens: int, cache_dir: str | None) -> str:
     from tilewarp.runtime.megakernel import build_megakernel
-    before = os.environ.get("TILEWARP_DEFINES")
-    os.environ["TILEWARP_DEFINES"] = defines
-    try:
+    with kernel_defines(defines):   # the caller's defines (a test run's later builds) stay theirs
         return disassemble(build_megakernel(tokens, cache_dir=cache_dir).cubin)
-    finally:   # the caller's defines (a test run's later builds) stay theirs
-        if before is None:
-            del os.environ["TILEWARP_DEFINES"]
-        else:
-            os.environ["TILEWARP_DEFINES"] = before
 
 
 def report(variants: list[tuple[str, str]], tokens: int, cache_dir: str | None) -> list[str]:

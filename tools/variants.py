@@ -4,6 +4,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def parse_variants(text: str) -> list[tuple[str, str]]:
     """"name=DEFINES;name=DEFINES@policy" -> [(name, defines and policy)] (either may be empty)."""
@@ -14,3 +18,18 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
             raise SystemExit(f"--variants: {item!r} is not name=DEFINES[@POLICY]")
         out.append((name, defines))
     return out
+
+
+@contextmanager
+def kernel_defines(defines: str) -> Iterator[None]:
+    """Builds inside the block take `defines` as TILEWARP_DEFINES; the caller's value (or its
+    absence) comes back afterwards."""
+    before = os.environ.get("TILEWARP_DEFINES")
+    os.environ["TILEWARP_DEFINES"] = defines
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TILEWARP_DEFINES"]
+        else:
+            os.environ["TILEWARP_DEFINES"] = before

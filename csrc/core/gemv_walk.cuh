@@ -14,6 +14,7 @@
 #pragma once
 #include "core/rows.cuh"
 #include "core/cp_async.cuh"
+#include "core/bulk_copy.cuh"
 
 // Ring geometry: slots of TW_RING_SLOT_BYTES (the bf16 core's Slot) per warp, at the end
 // of the stage; the input rows get the rest of it (TW_X_STAGE_FLOATS). Fewer slots for
@@ -43,7 +44,6 @@
 #define TW_WALK_BULK 0
 #endif
 #if TW_WALK_BULK
-#include "core/bulk_copy.cuh"
 // Per warp: each ring slot's barrier, and the parity of each slot's next phase (bit s),
 // kept across tasks as the barriers are.
 __shared__ unsigned long long tw_walk_bar[TW_WARPS][TW_RING_DEPTH];

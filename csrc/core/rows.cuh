@@ -80,6 +80,17 @@ __device__ __forceinline__ bool tw_rows_stageable(const float* src, int ld, int 
            && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
 }
 
+// This lane's part of a staged row's sum of squares: float4s c4, c4 + step, ... < k4.
+__device__ __forceinline__ float tw_sum_squares4(const float4* row, int c4, int k4, int step) {
+    float ss = 0.f;
+    TW_PROLOGUE_LOOP
+    for (; c4 < k4; c4 += step) {
+        const float4 v = row[c4];
+        ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+    }
+    return ss;
+}
+
 // After the staged rows (and the norm weight, as fp32 in wn_f or bf16 in wn_b, both shared
 // memory) are in place and a barrier passed: the per-row factor (1/rms times xscale) and,
 // for staged rows, the rows scaled in place. All compute threads; ends with a barrier.
@@ -95,13 +106,8 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
         // TW_WARPS / n warps (one warp per row at T = 1 walked 2,048 floats alone).
         const int per = TW_WARPS / n, r = w / per, part = w - r * per;
         if (r < n) {
-            const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
-            float ss = 0.f;
-            TW_PROLOGUE_LOOP
-            for (int c4 = part * 32 + lane; c4 < k4; c4 += 32 * per) {
-                const float4 v = row[c4];
-                ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
-            }
+            float ss = tw_sum_squares4(reinterpret_cast<const float4*>(stage_smem + r * k), part * 32 + lane, k4,
+                                       32 * per);
             ss = tw_warp_sum(ss);
             if (lane == 0) tw_norm_part[w] = ss;
         }
@@ -117,12 +123,7 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
         for (int r = w; r < n; r += TW_WARPS) {
             float ss = 0.f;
             if (stage) {
-                const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
-                TW_PROLOGUE_LOOP
-                for (int c4 = lane; c4 < k4; c4 += 32) {
-                    const float4 v = row[c4];
-                    ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
-                }
+                ss = tw_sum_squares4(reinterpret_cast<const float4*>(stage_smem + r * k), lane, k4, 32);
             } else {
                 const float* row = src + (long long)tok_smem[r] * ld;
                 TW_PROLOGUE_LOOP
