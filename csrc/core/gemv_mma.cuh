@@ -281,6 +281,62 @@ __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slo
     }
 }
 
+// One 32-k block of a pass's NT tiles (NT even, a compile-time constant), added to the
+// lane's accumulators in shared memory (acc, tile t at acc[32 t]). Why: with the tile count
+// a constant, the compiler has every tile's fragment loads, decodes and mma chains of the
+// block in one straight body to interleave, where the rolled pair loops above (the tile
+// count a run-time value) ran one pair's dependent chain at a time (perf-notes v16 3:
+// warp 0's 18 pairs took 6.7 us, its instructions' latency, not their issue). In groups
+// of TW_MMA_GROUP tiles, step-major inside a group: its tiles' mmas stand between the two
+// of a tile's chain. Packed: one chain per tile (hi, lo in columns), the sums in x and z;
+// else a hi and a lo chain per tile, each over both k16 steps (as TW_MMA_CHAIN_K16).
+#ifndef TW_MMA_GROUP
+#define TW_MMA_GROUP 4
+#endif
+template <class F, int NT, bool Packed>
+__device__ __forceinline__ void tw_mma_block(const unsigned char* slot, int scale_at, const unsigned int (&bh)[2][2],
+                                             const unsigned int (&bl)[2][2], float4* acc) {
+    const int gq = tw_lane() >> 2;
+    constexpr int G = NT < TW_MMA_GROUP ? NT : TW_MMA_GROUP;
+    constexpr int H = Packed ? 1 : 2;   // chains per tile
+#pragma unroll
+    for (int t0 = 0; t0 < NT; t0 += G) {
+        float c[G][H][4];
+#pragma unroll
+        for (int t = 0; t < G; ++t)
+#pragma unroll
+            for (int h = 0; h < H; ++h) c[t][h][0] = c[t][h][1] = c[t][h][2] = c[t][h][3] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+#pragma unroll
+            for (int t = 0; t < G; ++t) {
+                if (t0 + t >= NT) break;
+                unsigned int a[4];
+                F::fragment(slot + (t0 + t) * F::kTileBytes, s, a);
+                F::mma(c[t][0], a, bh[s][0], bh[s][1]);
+                if (!Packed) F::mma(c[t][H - 1], a, bl[s][0], bl[s][1]);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < G; ++t) {
+            if (t0 + t >= NT) break;
+            // c0, c1: row gq; c2, c3: row gq + 8 (packed: token tq's hi and lo columns).
+            const float2 f = F::row_factors(slot + scale_at + (t0 + t) * F::kScaleBytes, gq);
+            float4 r = acc[(t0 + t) * 32];
+            if (Packed) {
+                r.x += (c[t][0][0] + c[t][0][1]) * f.x;
+                r.z += (c[t][0][2] + c[t][0][3]) * f.y;
+            } else {
+                r.x += (c[t][0][0] + c[t][H - 1][0]) * f.x;
+                r.y += (c[t][0][1] + c[t][H - 1][1]) * f.x;
+                r.z += (c[t][0][2] + c[t][H - 1][2]) * f.y;
+                r.w += (c[t][0][3] + c[t][H - 1][3]) * f.y;
+            }
+            acc[(t0 + t) * 32] = r;
+        }
+    }
+}
+
 // B fragments of block kb's two k16 steps for column tile ct (lane gq, tq: token 8ct + gq,
 // k 2tq, 2tq+1, +8, +9), hi and lo halves: once per block, shared by every tile of it. Packed:
 // column gq is token gq / 2's hi (even gq) or lo (odd gq) half.
@@ -301,35 +357,81 @@ __device__ __forceinline__ void tw_mma_b_fragments(const TwRows& x, int ct, int 
     }
 }
 
+// 1 (default): a pass's blocks by tw_mma_block, its tile count a constant; 0: the rolled
+// pair loops (tw_mma_tile_pair, tw_mma_tile_pair_packed), the A/B baseline.
+#ifndef TW_MMA_UNROLLED
+#define TW_MMA_UNROLLED 1
+#endif
+
+// One pass's K loop: each of the warp's 32-k blocks waited for, its B fragments built,
+// block(slot, bh, bl) run on it, and its ring slot refilled `depth` items ahead.
+template <class F, bool Packed, class Block>
+__device__ __forceinline__ void tw_mma_k_loop(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, int p,
+                                              TwMmaStream& st, Block block) {
+    const int lane = tw_lane(), gq = lane >> 2, tq = lane & 3;
+    for (int kb = st.kb0; kb < st.kb0 + st.nkb; ++kb) {
+        tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
+        __syncwarp();                       // and so have the other lanes'
+        if (p == 0 && kb == st.kb0) c.mark_phase(10);
+        unsigned int bh[2][2], bl[2][2];
+        tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
+        block(st.slot(st.cur), bh, bl);
+        __syncwarp();          // every lane has read the slot: refill it, depth items ahead
+        st.next_consumed();
+        tw_mma_issue<F>(g, st);
+    }
+}
+
+// A pass of NT tiles by tw_mma_block, into the lane's shared accumulators (zeroed first).
+template <class F, bool Packed, int NT>
+__device__ __forceinline__ void tw_mma_pass(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, int p,
+                                            TwMmaStream& st, float4* acc) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+    tw_mma_k_loop<F, Packed>(c, g, x, ct, p, st, [&](const unsigned char* slot, const unsigned int (&bh)[2][2],
+                                                     const unsigned int (&bl)[2][2]) {
+        tw_mma_block<F, NT, Packed>(slot, st.scale_at, bh, bl, acc);
+    });
+}
+
 // Rows n0:n1 (multiples of 16) of W (and of W2 when gated) for the tokens of column tile
 // ct (tokens 8ct .. 8ct + 7), consuming the warp's stream from item 0 (primed). Epilogue
 // as TwGemv's: gated silu(gate) * up, scatter by s_tok, residual. Packed: the task's
 // x.n <= TW_MMA_PACK_T tokens in hi / lo column pairs of tile 0 (tw_mma_tile_pair_packed).
 template <class F, bool Packed>
 __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, TwMmaStream& st) {
-    const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
+    const int lane = tw_lane(), w = tw_warp();
     float4* red = reinterpret_cast<float4*>(c.s_scratch);   // [TW_WARPS][TW_MMA_TILES][32 lanes]
     float4* acc = red + w * TW_MMA_TILES * 32 + lane;
     for (int p = 0; p * st.per_pass < st.row_tiles; ++p) {
         const int np = st.pass_tiles(p), ntile = st.gated ? 2 * np : np;
-        for (int i = 0; i < TW_MMA_TILES; ++i) acc[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int kb = st.kb0; kb < st.kb0 + st.nkb; ++kb) {
-            tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
-            __syncwarp();                       // and so have the other lanes'
-            if (p == 0 && kb == st.kb0) c.mark_phase(10);
-            const unsigned char* slot = st.slot(st.cur);
-            unsigned int bh[2][2], bl[2][2];
-            tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
-            if (Packed) {
-#pragma unroll 1
-                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
-            } else {
-#pragma unroll 1   // two pairs per trip measured 2% slower (more code, no more overlap)
-                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
+        if (TW_MMA_UNROLLED && !Packed) {
+            // The tile count as a constant, rounded up to pairs (an odd pass's phantom tile
+            // reads the slot's stale bytes and is never stored).
+            static_assert(F::kPassTiles <= 8, "passes are instantiated for up to 8 tiles");
+            switch ((ntile + 1) >> 1) {
+                case 1: tw_mma_pass<F, Packed, 2>(c, g, x, ct, p, st, acc); break;
+                case 2: tw_mma_pass<F, Packed, 4>(c, g, x, ct, p, st, acc); break;
+                case 3:
+                    if constexpr (F::kPassTiles >= 6) tw_mma_pass<F, Packed, 6>(c, g, x, ct, p, st, acc);
+                    break;
+                default:
+                    if constexpr (F::kPassTiles >= 8) tw_mma_pass<F, Packed, 8>(c, g, x, ct, p, st, acc);
+                    break;
             }
-            __syncwarp();          // every lane has read the slot: refill it, depth items ahead
-            st.next_consumed();
-            tw_mma_issue<F>(g, st);
+        } else {
+            for (int i = 0; i < TW_MMA_TILES; ++i) acc[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+            tw_mma_k_loop<F, Packed>(c, g, x, ct, p, st, [&](const unsigned char* slot,
+                                                              const unsigned int (&bh)[2][2],
+                                                              const unsigned int (&bl)[2][2]) {
+                if (Packed) {
+#pragma unroll 1
+                    for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
+                } else {
+#pragma unroll 1   // two pairs per trip measured 2% slower (more code, no more overlap)
+                    for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
+                }
+            });
         }
         c.mark_phase(11);
         tw_sync();
