@@ -155,9 +155,6 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     const int trace_cap = trace ? p->trace_cap : 0;
     c.s_body = trace_cap ? &body_ns : nullptr;
     if (threadIdx.x == 0) fetched = 0;
-#if TW_WALK_BULK
-    tw_walk_ring_init();
-#endif
     __syncthreads();   // the only CTA-wide barrier: the roles split here
     if (tw_warp() >= TW_WARPS) {
         if (TW_LOADER && tw_lane() == 0)

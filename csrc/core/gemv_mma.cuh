@@ -186,36 +186,14 @@ __device__ __forceinline__ void tw_mma_prime(const TwGemv& g, TwMmaStream& st) {
 // step s, hi or lo half of x), the block's sum scaled by the format's per-row factors
 // into the warp's accumulators in shared memory (acc[tile][lane], one float4 per lane:
 // private, so no barrier). Why shared accumulators: they let the tile loop stay rolled,
-// one small body for any tile count, where register accumulators need a compile-time
-// tile index (the unrolled loop with a `break` per tile serialised every tile's mma
-// chain: 12 of the 17 us of an EXPERT_UP task's body, measured with the math switched off).
-// With TW_MMA_CHAIN_K16 the two k16 steps of a half chain in the tensor core (two chains per
-// tile, hi and lo, kept apart as in the packed walk) instead of four chains summed after
-// it: 8 fewer zeroed registers and 6 fewer adds per tile and block, the T >= 5 walk's
-// per-tile cost (docs/perf-notes.md v15, Next).
-#ifndef TW_MMA_CHAIN_K16
-#define TW_MMA_CHAIN_K16 0
-#endif
+// one small body for any tile count (v9: register tiles, unrolled with a `break` per tile,
+// serialised every tile's mma chain). The unpacked walk's A/B baseline (TW_MMA_UNROLLED=0):
+// its default is tw_mma_block below, the tile count a constant.
 template <class F>
 __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int scale_at, int i,
                                                  const unsigned int (&bh)[2][2], const unsigned int (&bl)[2][2],
                                                  float4* acc) {
     const int gq = tw_lane() >> 2;
-#if TW_MMA_CHAIN_K16
-    float c[2][2][4];   // [tile][hi, lo]
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) c[t][0][e] = c[t][1][e] = 0.f;
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-            unsigned int a[4];
-            F::fragment(slot + (i + t) * F::kTileBytes, s, a);
-            F::mma(c[t][0], a, bh[s][0], bh[s][1]);
-            F::mma(c[t][1], a, bl[s][0], bl[s][1]);
-        }
-    }
-#else
     float c[2][4][4];
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
@@ -229,7 +207,6 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
             F::mma(c[t][2 * s + 1], a, bl[s][0], bl[s][1]);
         }
     }
-#endif
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
         // c0, c1: row gq; c2, c3: row gq + 8 (tokens 2tq, 2tq + 1).
@@ -237,11 +214,7 @@ __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int 
         float v[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e)
-#if TW_MMA_CHAIN_K16
-            v[e] = c[t][0][e] + c[t][1][e];
-#else
             v[e] = (c[t][0][e] + c[t][1][e]) + (c[t][2][e] + c[t][3][e]);
-#endif
         float4 a = acc[(i + t) * 32];
         a.x += v[0] * f.x;
         a.y += v[1] * f.x;
@@ -281,31 +254,31 @@ __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slo
     }
 }
 
-// One 32-k block of a pass's NT tiles (NT even, a compile-time constant), added to the
-// lane's accumulators in shared memory (acc, tile t at acc[32 t]). Why: with the tile count
-// a constant, the compiler has every tile's fragment loads, decodes and mma chains of the
-// block in one straight body to interleave, where the rolled pair loops above (the tile
-// count a run-time value) ran one pair's dependent chain at a time (perf-notes v16 3:
-// warp 0's 18 pairs took 6.7 us, its instructions' latency, not their issue). In groups
-// of TW_MMA_GROUP tiles, step-major inside a group: its tiles' mmas stand between the two
-// of a tile's chain. Packed: one chain per tile (hi, lo in columns), the sums in x and z;
-// else a hi and a lo chain per tile, each over both k16 steps (as TW_MMA_CHAIN_K16).
+// One 32-k block of a pass's NT tiles (NT even, a compile-time constant) for the walk
+// with hi and lo in separate mmas (T > TW_MMA_PACK_T), added to the lane's accumulators in
+// shared memory (acc, tile t at acc[32 t]). Why: with the tile count a constant, the
+// compiler has every tile's fragment loads, decodes and mma chains of the block in one
+// straight body to interleave, where the rolled pair loop above (the tile count a run-time
+// value) ran one pair's chains at a time: T = 8 4.403 -> 4.214 ms (perf-notes v18). In
+// groups of TW_MMA_GROUP tiles, step-major inside a group, so that its tiles' mmas stand
+// between the two of a chain; a hi and a lo chain per tile, each over both k16 steps.
+// Not for the packed walk (T <= 4): there its experts were level and the larger code
+// slowed the small ops (ROUTE +20 us a decode step).
 #ifndef TW_MMA_GROUP
 #define TW_MMA_GROUP 4
 #endif
-template <class F, int NT, bool Packed>
+template <class F, int NT>
 __device__ __forceinline__ void tw_mma_block(const unsigned char* slot, int scale_at, const unsigned int (&bh)[2][2],
                                              const unsigned int (&bl)[2][2], float4* acc) {
     const int gq = tw_lane() >> 2;
     constexpr int G = NT < TW_MMA_GROUP ? NT : TW_MMA_GROUP;
-    constexpr int H = Packed ? 1 : 2;   // chains per tile
 #pragma unroll
     for (int t0 = 0; t0 < NT; t0 += G) {
-        float c[G][H][4];
+        float c[G][2][4];   // [tile][hi, lo]
 #pragma unroll
         for (int t = 0; t < G; ++t)
 #pragma unroll
-            for (int h = 0; h < H; ++h) c[t][h][0] = c[t][h][1] = c[t][h][2] = c[t][h][3] = 0.f;
+            for (int e = 0; e < 4; ++e) c[t][0][e] = c[t][1][e] = 0.f;
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
 #pragma unroll
@@ -314,24 +287,19 @@ __device__ __forceinline__ void tw_mma_block(const unsigned char* slot, int scal
                 unsigned int a[4];
                 F::fragment(slot + (t0 + t) * F::kTileBytes, s, a);
                 F::mma(c[t][0], a, bh[s][0], bh[s][1]);
-                if (!Packed) F::mma(c[t][H - 1], a, bl[s][0], bl[s][1]);
+                F::mma(c[t][1], a, bl[s][0], bl[s][1]);
             }
         }
 #pragma unroll
         for (int t = 0; t < G; ++t) {
             if (t0 + t >= NT) break;
-            // c0, c1: row gq; c2, c3: row gq + 8 (packed: token tq's hi and lo columns).
+            // c0, c1: row gq; c2, c3: row gq + 8 (tokens 2tq, 2tq + 1).
             const float2 f = F::row_factors(slot + scale_at + (t0 + t) * F::kScaleBytes, gq);
             float4 r = acc[(t0 + t) * 32];
-            if (Packed) {
-                r.x += (c[t][0][0] + c[t][0][1]) * f.x;
-                r.z += (c[t][0][2] + c[t][0][3]) * f.y;
-            } else {
-                r.x += (c[t][0][0] + c[t][H - 1][0]) * f.x;
-                r.y += (c[t][0][1] + c[t][H - 1][1]) * f.x;
-                r.z += (c[t][0][2] + c[t][H - 1][2]) * f.y;
-                r.w += (c[t][0][3] + c[t][H - 1][3]) * f.y;
-            }
+            r.x += (c[t][0][0] + c[t][1][0]) * f.x;
+            r.y += (c[t][0][1] + c[t][1][1]) * f.x;
+            r.z += (c[t][0][2] + c[t][1][2]) * f.y;
+            r.w += (c[t][0][3] + c[t][1][3]) * f.y;
             acc[(t0 + t) * 32] = r;
         }
     }
@@ -357,8 +325,8 @@ __device__ __forceinline__ void tw_mma_b_fragments(const TwRows& x, int ct, int 
     }
 }
 
-// 1 (default): a pass's blocks by tw_mma_block, its tile count a constant; 0: the rolled
-// pair loops (tw_mma_tile_pair, tw_mma_tile_pair_packed), the A/B baseline.
+// 1 (default): the unpacked walk's blocks by tw_mma_block, the tile count a constant; 0:
+// the rolled pair loop (tw_mma_tile_pair), the A/B baseline.
 #ifndef TW_MMA_UNROLLED
 #define TW_MMA_UNROLLED 1
 #endif
@@ -383,14 +351,14 @@ __device__ __forceinline__ void tw_mma_k_loop(const TwCtx& c, const TwGemv& g, c
 }
 
 // A pass of NT tiles by tw_mma_block, into the lane's shared accumulators (zeroed first).
-template <class F, bool Packed, int NT>
+template <class F, int NT>
 __device__ __forceinline__ void tw_mma_pass(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, int p,
                                             TwMmaStream& st, float4* acc) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[t * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-    tw_mma_k_loop<F, Packed>(c, g, x, ct, p, st, [&](const unsigned char* slot, const unsigned int (&bh)[2][2],
-                                                     const unsigned int (&bl)[2][2]) {
-        tw_mma_block<F, NT, Packed>(slot, st.scale_at, bh, bl, acc);
+    tw_mma_k_loop<F, false>(c, g, x, ct, p, st, [&](const unsigned char* slot, const unsigned int (&bh)[2][2],
+                                                    const unsigned int (&bl)[2][2]) {
+        tw_mma_block<F, NT>(slot, st.scale_at, bh, bl, acc);
     });
 }
 
@@ -410,13 +378,13 @@ __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& 
             // reads the slot's stale bytes and is never stored).
             static_assert(F::kPassTiles <= 8, "passes are instantiated for up to 8 tiles");
             switch ((ntile + 1) >> 1) {
-                case 1: tw_mma_pass<F, Packed, 2>(c, g, x, ct, p, st, acc); break;
-                case 2: tw_mma_pass<F, Packed, 4>(c, g, x, ct, p, st, acc); break;
+                case 1: tw_mma_pass<F, 2>(c, g, x, ct, p, st, acc); break;
+                case 2: tw_mma_pass<F, 4>(c, g, x, ct, p, st, acc); break;
                 case 3:
-                    if constexpr (F::kPassTiles >= 6) tw_mma_pass<F, Packed, 6>(c, g, x, ct, p, st, acc);
+                    if constexpr (F::kPassTiles >= 6) tw_mma_pass<F, 6>(c, g, x, ct, p, st, acc);
                     break;
                 default:
-                    if constexpr (F::kPassTiles >= 8) tw_mma_pass<F, Packed, 8>(c, g, x, ct, p, st, acc);
+                    if constexpr (F::kPassTiles >= 8) tw_mma_pass<F, 8>(c, g, x, ct, p, st, acc);
                     break;
             }
         } else {

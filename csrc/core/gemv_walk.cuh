@@ -14,7 +14,6 @@
 #pragma once
 #include "core/rows.cuh"
 #include "core/cp_async.cuh"
-#include "core/bulk_copy.cuh"
 
 // Ring geometry: slots of TW_RING_SLOT_BYTES (the bf16 core's Slot) per warp, at the end
 // of the stage; the input rows get the rest of it (TW_X_STAGE_FLOATS). Fewer slots for
@@ -33,31 +32,6 @@
 #endif
 #define TW_RING_FLOATS (TW_WARPS * TW_RING_DEPTH * TW_RING_SLOT_BYTES / 4)
 #define TW_X_STAGE_FLOATS (TW_STAGE_FLOATS - TW_RING_FLOATS)
-
-// Candidate (off): TW_WALK_BULK=1 fills the ring with bulk copies (core/bulk_copy.cuh), lane
-// 0 one copy per row and chunk, each slot completing on its own mbarrier, where cp.async
-// took 4 warp instructions per row and chunk. Why: in a T = 1 qkv task the ring's ~130 KB of
-// copies take 2.4 us to issue and the norm pass after them ~2 us (docs/perf-notes.md v17);
-// one reading, to be measured: the copies queue in the SM's load/store pipe ahead of the
-// norm's shared loads.
-#ifndef TW_WALK_BULK
-#define TW_WALK_BULK 0
-#endif
-#if TW_WALK_BULK
-// Per warp: each ring slot's barrier, and the parity of each slot's next phase (bit s),
-// kept across tasks as the barriers are.
-__shared__ unsigned long long tw_walk_bar[TW_WARPS][TW_RING_DEPTH];
-__shared__ unsigned int tw_walk_phase[TW_WARPS];
-
-// Every thread of the CTA, before the kernel's CTA-wide barrier.
-__device__ __forceinline__ void tw_walk_ring_init() {
-    if (threadIdx.x < TW_WARPS * TW_RING_DEPTH) {
-        tw_mbar_init(&tw_walk_bar[0][0] + threadIdx.x, 1);
-        tw_mbar_init_fence();
-    }
-    if (threadIdx.x < TW_WARPS) tw_walk_phase[threadIdx.x] = 0;
-}
-#endif
 
 // This warp's ring (the stage is 16-byte aligned and slots are multiples of 16 bytes).
 __device__ __forceinline__ unsigned char* tw_warp_ring(float* stage) {
@@ -88,29 +62,9 @@ __device__ __forceinline__ void tw_gemv_walk(int k, StageX stage_x, int first, i
     // commits a group, empty past the end, so wait_group counts stay uniform.
     int ln = first, lc = 0;
     typename Core::Ptrs lp = rows_of(first);
-#if TW_WALK_BULK
-    // Bulk: lane 0 arms a slot and copies into it; every lane waits on the slot's barrier.
-    // Groups are still committed (empty), so a caller's wait_group counts stay as they are.
-    const bool bulk = first < end && Core::bulk_ok(lp, k);
-    unsigned long long* bars = tw_walk_bar[tw_warp()];
-    unsigned int phase = tw_walk_phase[tw_warp()];
-#else
-    constexpr bool bulk = false;
-#endif
     auto refill = [&](int s) {
         if (ln < end) {
-#if TW_WALK_BULK
-            if (bulk) {
-                if (tw_lane() == 0) {
-                    tw_fence_proxy_async();   // the lanes' reads of the slot (after __syncwarp) first
-                    Core::load_bulk(slot(s), lp, k, lc, bars + s);
-                }
-            } else {
-                Core::load(slot(s), lp, k, lc);
-            }
-#else
             Core::load(slot(s), lp, k, lc);
-#endif
             if (++lc == nc) {
                 lc = 0;
                 ln += stride;
@@ -131,16 +85,7 @@ __device__ __forceinline__ void tw_gemv_walk(int k, StageX stage_x, int first, i
     float acc[2][TW_MAX_T];
     tw_zero_acc(acc);
     for (int n = first, c = 0, s = 0;;) {
-#if TW_WALK_BULK
-        if (bulk) {
-            tw_mbar_wait(bars + s, (phase >> s) & 1u);   // slot s's copies have landed
-            phase ^= 1u << s;
-        } else {
-            tw_cp_async_wait<TW_RING_DEPTH - 1>();
-        }
-#else
         tw_cp_async_wait<TW_RING_DEPTH - 1>();   // this lane's copies of slot s have landed
-#endif
         Core::fma(slot(s), x, c, acc);
         if (++c == nc) {
 #pragma unroll
@@ -155,15 +100,9 @@ __device__ __forceinline__ void tw_gemv_walk(int k, StageX stage_x, int first, i
             if (n >= end) break;
         }
         // Slot s was just read by this lane alone (shared loads long done by the time a
-        // global copy lands); refill it with the chunk TW_RING_DEPTH ahead. Bulk: lane 0
-        // refills the whole slot, so every lane's reads of it come first.
-        if (bulk) __syncwarp();
+        // global copy lands); refill it with the chunk TW_RING_DEPTH ahead.
         refill(s);
         s = s + 1 == TW_RING_DEPTH ? 0 : s + 1;
     }
     tw_cp_async_wait<0>();   // nothing left in flight (only empty groups remain) before the ring is reused
-#if TW_WALK_BULK
-    // Every armed slot was waited on above, so no bulk copy is in flight either.
-    if (tw_lane() == 0) tw_walk_phase[tw_warp()] = phase;
-#endif
 }

@@ -24,28 +24,6 @@
 // ms per decode step, 4.780 -> 4.477 per verify step of 8 (docs/perf-notes.md v15): staged
 // first, the rows' L2 round trip held up the weights' (qkv: 2.7 us of prologue before
 // the first weight request); primed first, the rows queued behind ~130 KB of weights.
-// Candidate (off): the prologue's loops kept rolled (TW_COMPACT_PROLOGUE=1). The norm pass
-// of a T = 1 qkv task takes ~2 us where its arithmetic is ~0.5 (docs/perf-notes.md v17). One
-// reading, to be measured: its unrolled loops (~10 KB of SASS per inlined copy) are fetched
-// cold once a task while the stage's weight burst holds the memory system.
-#ifndef TW_COMPACT_PROLOGUE
-#define TW_COMPACT_PROLOGUE 0
-#endif
-#if TW_COMPACT_PROLOGUE
-#define TW_PROLOGUE_LOOP _Pragma("unroll 1")
-#else
-#define TW_PROLOGUE_LOOP
-#endif
-
-// Candidate (off): TW_NORM_SPLIT=1 splits a row's sum of squares over several warps when
-// the rows are few (see tw_rows_normalise); its partials live here.
-#ifndef TW_NORM_SPLIT
-#define TW_NORM_SPLIT 0
-#endif
-#if TW_NORM_SPLIT
-__shared__ float tw_norm_part[TW_WARPS];
-#endif
-
 #ifndef TW_ROWS_ASYNC
 #define TW_ROWS_ASYNC 1
 #endif
@@ -80,17 +58,6 @@ __device__ __forceinline__ bool tw_rows_stageable(const float* src, int ld, int 
            && ((reinterpret_cast<unsigned long long>(src) & 15) == 0);
 }
 
-// This lane's part of a staged row's sum of squares: float4s c4, c4 + step, ... < k4.
-__device__ __forceinline__ float tw_sum_squares4(const float4* row, int c4, int k4, int step) {
-    float ss = 0.f;
-    TW_PROLOGUE_LOOP
-    for (; c4 < k4; c4 += step) {
-        const float4 v = row[c4];
-        ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
-    }
-    return ss;
-}
-
 // After the staged rows (and the norm weight, as fp32 in wn_f or bf16 in wn_b, both shared
 // memory) are in place and a barrier passed: the per-row factor (1/rms times xscale) and,
 // for staged rows, the rows scaled in place. All compute threads; ends with a barrier.
@@ -100,33 +67,17 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
     const int w = tw_warp(), lane = tw_lane(), n = rows.n, k = rows.k, k4 = k / 4;
     const bool stage = stage_smem != nullptr;
     const __nv_bfloat16* wn = rows.wn;
-#if TW_NORM_SPLIT
-    if (wn && stage && 2 * n <= TW_WARPS) {
-        // Candidate (off): few rows, so each row's sum of squares is split over
-        // TW_WARPS / n warps (one warp per row at T = 1 walked 2,048 floats alone).
-        const int per = TW_WARPS / n, r = w / per, part = w - r * per;
-        if (r < n) {
-            float ss = tw_sum_squares4(reinterpret_cast<const float4*>(stage_smem + r * k), part * 32 + lane, k4,
-                                       32 * per);
-            ss = tw_warp_sum(ss);
-            if (lane == 0) tw_norm_part[w] = ss;
-        }
-        tw_sync();
-        if (threadIdx.x < n) {
-            float ss = 0.f;
-            for (int j = 0; j < per; ++j) ss += tw_norm_part[threadIdx.x * per + j];
-            inv_smem[threadIdx.x] = rsqrtf(ss / (float)k + eps) * xscale;
-        }
-    } else
-#endif
     if (wn) {   // the sum of squares only when there is a norm
         for (int r = w; r < n; r += TW_WARPS) {
             float ss = 0.f;
             if (stage) {
-                ss = tw_sum_squares4(reinterpret_cast<const float4*>(stage_smem + r * k), lane, k4, 32);
+                const float4* row = reinterpret_cast<const float4*>(stage_smem + r * k);
+                for (int c4 = lane; c4 < k4; c4 += 32) {
+                    const float4 v = row[c4];
+                    ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+                }
             } else {
                 const float* row = src + (long long)tok_smem[r] * ld;
-                TW_PROLOGUE_LOOP
                 for (int c = lane; c < k; c += 32) {
                     const float v = tw_ld(row + c);
                     ss += v * v;
@@ -145,7 +96,6 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
             // logical columns tw_swz(4 c4) .. + 3 (the swizzle is its own inverse and moves
             // whole float4s).
             float4* st4 = reinterpret_cast<float4*>(stage_smem);
-            TW_PROLOGUE_LOOP
             for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
                 const int r = i / k4, c = tw_swz(4 * (i - r * k4));
                 const float f = inv_smem[r];
@@ -219,22 +169,15 @@ __device__ void tw_rows_issue(const float* src, int ld, const int* tok_smem, int
                               float* stage_smem, int stage_floats, __nv_bfloat16* wn_raw) {
     if (tw_rows_stageable(src, ld, n, k, stage_floats)) {
         const int k4 = k / 4;
-        TW_PROLOGUE_LOOP
         for (int i = threadIdx.x; i < n * k4; i += TW_THREADS) {
             const int r = i / k4, c = 4 * (i - r * k4);
             tw_cp_async16(stage_smem + r * k + tw_swz(c), src + (long long)tok_smem[r] * ld + c);
         }
-        if (wn && wn_raw) {
-            TW_PROLOGUE_LOOP
+        if (wn && wn_raw)
             for (int i = threadIdx.x; i < k / 8; i += TW_THREADS) tw_cp_async16(wn_raw + 8 * i, wn + 8 * i);
-        }
     }
     tw_cp_async_commit();
 }
-
-#ifndef TW_EXP_NORM_TWICE
-#define TW_EXP_NORM_TWICE 0
-#endif
 
 __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, int n, int k,
                                  const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
@@ -243,13 +186,6 @@ __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, 
     const bool stage = tw_rows_stageable(src, ld, n, k, stage_floats);
     tw_cp_async_wait_n(newer);   // this thread's copies of the rows have landed
     tw_sync();                   // and every thread's
-#if TW_EXP_NORM_TWICE
-    // Timing experiment only: the norm pass run twice (the rows come out scaled twice, so the
-    // step's numbers are wrong); the second, warm run against the first tells the pass's
-    // own time from its cold start.
-    tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr, nullptr,
-                      stage ? wn_raw : nullptr, xscale);
-#endif
     tw_rows_normalise(rows, src, ld, tok_smem, eps, inv_smem, stage ? stage_smem : nullptr, nullptr,
                       stage ? wn_raw : nullptr, xscale);
     return rows;

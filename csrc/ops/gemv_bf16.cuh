@@ -6,7 +6,6 @@
 #include "core/rows.cuh"
 #include "core/prefetch.cuh"
 #include "core/cp_async.cuh"
-#include "core/bulk_copy.cuh"
 #include "core/gemv_mma.cuh"
 
 // 16-byte loads per row per lane per chunk: one chunk fills one ring slot (2 KB).
@@ -38,28 +37,6 @@ struct TwBf16Core {
                 else
                     slot.v[i][u][lane] = make_uint4(0, 0, 0, 0);
             }
-    }
-
-    // TW_WALK_BULK: whether every group's rows can be bulk-copied (16-byte aligned rows,
-    // k a multiple of 8: each row's chunk is one contiguous range of 16-byte pieces). The
-    // first group decides for all: rows are base + n k.
-    static __device__ __forceinline__ bool bulk_ok(const Ptrs& p, int k) {
-        const unsigned long long a = reinterpret_cast<unsigned long long>(p.w[0]) |
-                                     reinterpret_cast<unsigned long long>(p.w[1]);
-        return (k & 7) == 0 && (a & 15) == 0;
-    }
-
-    // Lane 0, TW_WALK_BULK: chunk `chunk` of each present row as one bulk copy into its
-    // half of the slot, counted on `bar`. The slot's [row][unroll][lane] pieces are the
-    // row's elements in order, so the range lands where load() puts it. A missing row's
-    // half keeps stale data: fma reads it into acc[1], which the walk never stores.
-    static __device__ __forceinline__ void load_bulk(Slot& slot, const Ptrs& p, int k, int chunk,
-                                                     unsigned long long* bar) {
-        const int c0 = chunk * 256 * TW_GEMV_UNROLL;
-        const unsigned int bytes = (unsigned int)min(256 * TW_GEMV_UNROLL, k - c0) * 2u;
-        tw_mbar_arrive_expect(bar, p.w[1] ? 2u * bytes : bytes);
-        tw_bulk_copy(&slot.v[0][0][0], p.w[0] + c0, bytes, bar);
-        if (p.w[1]) tw_bulk_copy(&slot.v[1][0][0], p.w[1] + c0, bytes, bar);
     }
 
     static __device__ __forceinline__ void fma(const Slot& slot, const TwRows& x, int chunk, float (&acc)[2][TW_MAX_T]) {
