@@ -341,9 +341,10 @@ __device__ __forceinline__ void tw_mma_k_loop(const TwCtx& c, const TwGemv& g, c
         tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
         __syncwarp();                       // and so have the other lanes'
         if (p == 0 && kb == st.kb0) c.mark_phase(10);
+        const unsigned char* slot = st.slot(st.cur);
         unsigned int bh[2][2], bl[2][2];
         tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
-        block(st.slot(st.cur), bh, bl);
+        block(slot, bh, bl);
         __syncwarp();          // every lane has read the slot: refill it, depth items ahead
         st.next_consumed();
         tw_mma_issue<F>(g, st);
