@@ -186,9 +186,12 @@ __device__ __forceinline__ void tw_mma_prime(const TwGemv& g, TwMmaStream& st) {
 // step s, hi or lo half of x), the block's sum scaled by the format's per-row factors
 // into the warp's accumulators in shared memory (acc[tile][lane], one float4 per lane:
 // private, so no barrier). Why shared accumulators: they let the tile loop stay rolled,
-// one small body for any tile count (v9: register tiles, unrolled with a `break` per tile,
-// serialised every tile's mma chain). The unpacked walk's A/B baseline (TW_MMA_UNROLLED=0):
-// its default is tw_mma_block below, the tile count a constant.
+// one small body for any tile count, where register accumulators need a compile-time
+// tile index (the unrolled loop with a `break` per tile serialised every tile's mma
+// chain: 12 of the 17 us of an EXPERT_UP task's body, measured with the math switched off).
+// A compile-time tile count with no `break` (each block's tiles in one straight body,
+// step-major, four chains interleaved) did not beat this loop either: level at T = 1 and,
+// in the final build, at T = 8 (docs/perf-notes.md v18).
 template <class F>
 __device__ __forceinline__ void tw_mma_tile_pair(const unsigned char* slot, int scale_at, int i,
                                                  const unsigned int (&bh)[2][2], const unsigned int (&bl)[2][2],
@@ -254,57 +257,6 @@ __device__ __forceinline__ void tw_mma_tile_pair_packed(const unsigned char* slo
     }
 }
 
-// One 32-k block of a pass's NT tiles (NT even, a compile-time constant) for the walk
-// with hi and lo in separate mmas (T > TW_MMA_PACK_T), added to the lane's accumulators in
-// shared memory (acc, tile t at acc[32 t]). Why: with the tile count a constant, the
-// compiler has every tile's fragment loads, decodes and mma chains of the block in one
-// straight body to interleave, where the rolled pair loop above (the tile count a run-time
-// value) ran one pair's chains at a time: T = 8 4.403 -> 4.214 ms (perf-notes v18). In
-// groups of TW_MMA_GROUP tiles, step-major inside a group, so that its tiles' mmas stand
-// between the two of a chain; a hi and a lo chain per tile, each over both k16 steps.
-// Not for the packed walk (T <= 4): there its experts were level and the larger code
-// slowed the small ops (ROUTE +20 us a decode step).
-#ifndef TW_MMA_GROUP
-#define TW_MMA_GROUP 4
-#endif
-template <class F, int NT>
-__device__ __forceinline__ void tw_mma_block(const unsigned char* slot, int scale_at, const unsigned int (&bh)[2][2],
-                                             const unsigned int (&bl)[2][2], float4* acc) {
-    const int gq = tw_lane() >> 2;
-    constexpr int G = NT < TW_MMA_GROUP ? NT : TW_MMA_GROUP;
-#pragma unroll
-    for (int t0 = 0; t0 < NT; t0 += G) {
-        float c[G][2][4];   // [tile][hi, lo]
-#pragma unroll
-        for (int t = 0; t < G; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) c[t][0][e] = c[t][1][e] = 0.f;
-#pragma unroll
-        for (int s = 0; s < 2; ++s) {
-#pragma unroll
-            for (int t = 0; t < G; ++t) {
-                if (t0 + t >= NT) break;
-                unsigned int a[4];
-                F::fragment(slot + (t0 + t) * F::kTileBytes, s, a);
-                F::mma(c[t][0], a, bh[s][0], bh[s][1]);
-                F::mma(c[t][1], a, bl[s][0], bl[s][1]);
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < G; ++t) {
-            if (t0 + t >= NT) break;
-            // c0, c1: row gq; c2, c3: row gq + 8 (tokens 2tq, 2tq + 1).
-            const float2 f = F::row_factors(slot + scale_at + (t0 + t) * F::kScaleBytes, gq);
-            float4 r = acc[(t0 + t) * 32];
-            r.x += (c[t][0][0] + c[t][1][0]) * f.x;
-            r.y += (c[t][0][1] + c[t][1][1]) * f.x;
-            r.z += (c[t][0][2] + c[t][1][2]) * f.y;
-            r.w += (c[t][0][3] + c[t][1][3]) * f.y;
-            acc[(t0 + t) * 32] = r;
-        }
-    }
-}
-
 // B fragments of block kb's two k16 steps for column tile ct (lane gq, tq: token 8ct + gq,
 // k 2tq, 2tq+1, +8, +9), hi and lo halves: once per block, shared by every tile of it. Packed:
 // column gq is token gq / 2's hi (even gq) or lo (odd gq) half.
@@ -325,82 +277,35 @@ __device__ __forceinline__ void tw_mma_b_fragments(const TwRows& x, int ct, int 
     }
 }
 
-// 1 (default): the unpacked walk's blocks by tw_mma_block, the tile count a constant; 0:
-// the rolled pair loop (tw_mma_tile_pair), the A/B baseline.
-#ifndef TW_MMA_UNROLLED
-#define TW_MMA_UNROLLED 1
-#endif
-
-// One pass's K loop: each of the warp's 32-k blocks waited for, its B fragments built,
-// block(slot, bh, bl) run on it, and its ring slot refilled `depth` items ahead.
-template <class F, bool Packed, class Block>
-__device__ __forceinline__ void tw_mma_k_loop(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, int p,
-                                              TwMmaStream& st, Block block) {
-    const int lane = tw_lane(), gq = lane >> 2, tq = lane & 3;
-    for (int kb = st.kb0; kb < st.kb0 + st.nkb; ++kb) {
-        tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
-        __syncwarp();                       // and so have the other lanes'
-        if (p == 0 && kb == st.kb0) c.mark_phase(10);
-        const unsigned char* slot = st.slot(st.cur);
-        unsigned int bh[2][2], bl[2][2];
-        tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
-        block(slot, bh, bl);
-        __syncwarp();          // every lane has read the slot: refill it, depth items ahead
-        st.next_consumed();
-        tw_mma_issue<F>(g, st);
-    }
-}
-
-// A pass of NT tiles by tw_mma_block, into the lane's shared accumulators (zeroed first).
-template <class F, int NT>
-__device__ __forceinline__ void tw_mma_pass(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, int p,
-                                            TwMmaStream& st, float4* acc) {
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-    tw_mma_k_loop<F, false>(c, g, x, ct, p, st, [&](const unsigned char* slot, const unsigned int (&bh)[2][2],
-                                                    const unsigned int (&bl)[2][2]) {
-        tw_mma_block<F, NT>(slot, st.scale_at, bh, bl, acc);
-    });
-}
-
 // Rows n0:n1 (multiples of 16) of W (and of W2 when gated) for the tokens of column tile
 // ct (tokens 8ct .. 8ct + 7), consuming the warp's stream from item 0 (primed). Epilogue
 // as TwGemv's: gated silu(gate) * up, scatter by s_tok, residual. Packed: the task's
 // x.n <= TW_MMA_PACK_T tokens in hi / lo column pairs of tile 0 (tw_mma_tile_pair_packed).
 template <class F, bool Packed>
 __device__ void tw_gemv_mma_cols(const TwCtx& c, const TwGemv& g, const TwRows& x, int ct, TwMmaStream& st) {
-    const int lane = tw_lane(), w = tw_warp();
+    const int lane = tw_lane(), w = tw_warp(), gq = lane >> 2, tq = lane & 3;
     float4* red = reinterpret_cast<float4*>(c.s_scratch);   // [TW_WARPS][TW_MMA_TILES][32 lanes]
     float4* acc = red + w * TW_MMA_TILES * 32 + lane;
     for (int p = 0; p * st.per_pass < st.row_tiles; ++p) {
         const int np = st.pass_tiles(p), ntile = st.gated ? 2 * np : np;
-        if (TW_MMA_UNROLLED && !Packed) {
-            // The tile count as a constant, rounded up to pairs (an odd pass's phantom tile
-            // reads the slot's stale bytes and is never stored).
-            static_assert(F::kPassTiles <= 8, "passes are instantiated for up to 8 tiles");
-            switch ((ntile + 1) >> 1) {
-                case 1: tw_mma_pass<F, 2>(c, g, x, ct, p, st, acc); break;
-                case 2: tw_mma_pass<F, 4>(c, g, x, ct, p, st, acc); break;
-                case 3:
-                    if constexpr (F::kPassTiles >= 6) tw_mma_pass<F, 6>(c, g, x, ct, p, st, acc);
-                    break;
-                default:
-                    if constexpr (F::kPassTiles >= 8) tw_mma_pass<F, 8>(c, g, x, ct, p, st, acc);
-                    break;
-            }
-        } else {
-            for (int i = 0; i < TW_MMA_TILES; ++i) acc[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
-            tw_mma_k_loop<F, Packed>(c, g, x, ct, p, st, [&](const unsigned char* slot,
-                                                              const unsigned int (&bh)[2][2],
-                                                              const unsigned int (&bl)[2][2]) {
-                if (Packed) {
+        for (int i = 0; i < TW_MMA_TILES; ++i) acc[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int kb = st.kb0; kb < st.kb0 + st.nkb; ++kb) {
+            tw_cp_async_wait_n(st.depth - 1);   // this lane's copies of the item have landed,
+            __syncwarp();                       // and so have the other lanes'
+            if (p == 0 && kb == st.kb0) c.mark_phase(10);
+            const unsigned char* slot = st.slot(st.cur);
+            unsigned int bh[2][2], bl[2][2];
+            tw_mma_b_fragments<F, Packed>(x, ct, kb, gq, tq, bh, bl);
+            if (Packed) {
 #pragma unroll 1
-                    for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
-                } else {
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair_packed<F>(slot, st.scale_at, i, bh, acc);
+            } else {
 #pragma unroll 1   // two pairs per trip measured 2% slower (more code, no more overlap)
-                    for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
-                }
-            });
+                for (int i = 0; i < ntile; i += 2) tw_mma_tile_pair<F>(slot, st.scale_at, i, bh, bl, acc);
+            }
+            __syncwarp();          // every lane has read the slot: refill it, depth items ahead
+            st.next_consumed();
+            tw_mma_issue<F>(g, st);
         }
         c.mark_phase(11);
         tw_sync();
