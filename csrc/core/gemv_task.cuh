@@ -17,6 +17,14 @@
 #define TW_BF16_MMA_MIN_T 2
 #endif
 
+// A walk's sum as the epilogue uses it: times the deferred norm's 1/rms (core/rows.cuh
+// TW_NORM_DEFERRED); a macro, so that other builds' code is untouched.
+#if TW_NORM_DEFERRED
+#define TW_WALK_SUM(v) ((v) * post)
+#else
+#define TW_WALK_SUM(v) (v)
+#endif
+
 // Row pointers of a group: rows n and n + 1 of w, or (gated) row n of w and of w2.
 template <class Core>
 __device__ __forceinline__ typename Core::Ptrs tw_gemv_group(const TwGemv& g, int n);
@@ -34,10 +42,16 @@ __device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g
     // Gated: a warp group is one output (gate and up rows); else two outputs.
     const int per = gated ? 1 : 2;
     int n_rows = 0;   // the input rows, for the epilogue
+#if TW_NORM_DEFERRED
+    float post = 1.f;   // the deferred norm's 1/rms (core/rows.cuh)
+#endif
     tw_gemv_walk<Core, PrimeFirst>(
         g.k, [&] {
             const TwRows x = stage_x();
             n_rows = x.n;
+#if TW_NORM_DEFERRED
+            post = x.post;
+#endif
             return x;
         },
         g.n0 + per * tw_warp(), g.n1, per * TW_WARPS, [&](int n) { return tw_gemv_group<Core>(g, n); },
@@ -51,13 +65,13 @@ __device__ __forceinline__ void tw_gemv_run_core(const TwCtx& c, const TwGemv& g
                 if (r >= n_rows) break;
                 float* o = g.out + (long long)(g.scatter ? c.s_tok[r] : r) * g.out_ld;
                 if (gated) {
-                    o[n] = tw_silu(acc[0][r]) * acc[1][r];
+                    o[n] = tw_silu(TW_WALK_SUM(acc[0][r])) * TW_WALK_SUM(acc[1][r]);
                     continue;
                 }
 #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     if (n + i >= g.n1) break;
-                    float v = acc[i][r];
+                    float v = TW_WALK_SUM(acc[i][r]);
                     if (g.resid) v += tw_ld(g.resid + (long long)r * g.resid_ld + n + i);
                     o[n + i] = v;
                 }
@@ -102,8 +116,13 @@ __device__ __forceinline__ void tw_gemv_run(const TwCtx& c, const TwGemv& g) {
             c.mark_phase(15);
 #endif
             TW_ROWS_LANDED_MARK(c, TW_RING_DEPTH);
+#if TW_NORM_DEFERRED
+            const TwRows x = tw_rows_finish_deferred(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv,
+                                                     c.s_stage, TW_X_STAGE_FLOATS, wn_raw, TW_RING_DEPTH);
+#else
             const TwRows x = tw_rows_finish(g.x, g.x_ld, c.s_tok, g.n, g.k, g.norm, c.p->rms_eps, c.s_inv,
                                             c.s_stage, TW_X_STAGE_FLOATS, wn_raw, 1.f, TW_RING_DEPTH);
+#endif
             c.mark_phase(0);
             return x;
         });

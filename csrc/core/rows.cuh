@@ -28,6 +28,17 @@
 #define TW_ROWS_ASYNC 1
 #endif
 
+// Candidate (off): TW_NORM_DEFERRED=1 applies a one-row norm in one pass instead of two: the
+// staged row times the norm weight, each warp's part of its sum of squares kept, and 1/rms
+// left for the GEMV to apply to its sums (TwRows::post), so the row's scaling no longer
+// waits for the reduction (tw_rows_finish_deferred). Why: the pass costs 0.7-1.7 us of a
+// T = 1 task where its arithmetic is ~0.3, one warp summing the 2,048 floats alone between
+// two barriers (docs/perf-notes.md v18 1). Only for the bf16 walk (fp32 FMAs), whose input
+// may then be as large as the un-normed row; the tensor-core walks split theirs into fp16.
+#ifndef TW_NORM_DEFERRED
+#define TW_NORM_DEFERRED 0
+#endif
+
 // Index of element c of a staged row (rows are whole 32-float blocks).
 __device__ __forceinline__ int tw_swz(int c) { return c ^ (((c >> 5) & 7) << 2); }
 
@@ -40,6 +51,9 @@ struct TwRows {
     const __nv_bfloat16* wn;   // norm weight or nullptr
     const float* inv;          // per-row factor (shared memory): 1/rms (1 with no norm) times the scale
     float* staged;             // shared memory [n][k] (swizzled) or nullptr
+#if TW_NORM_DEFERRED
+    float post = 1.f;          // a factor for the GEMV's sums: 1/rms when the norm was deferred
+#endif
 
     __device__ __forceinline__ float at(int r, int c) const {
         if (staged) return staged[r * k + tw_swz(c)];
@@ -190,3 +204,41 @@ __device__ TwRows tw_rows_finish(const float* src, int ld, const int* tok_smem, 
                       stage ? wn_raw : nullptr, xscale);
     return rows;
 }
+
+#if TW_NORM_DEFERRED
+// tw_rows_finish for the bf16 walk: one staged row with a norm whose bf16 weight was copied
+// to shared memory (wn_raw) is scaled by that weight in one pass of every thread, which also
+// sums its squares (partials per warp in inv_smem[0..TW_WARPS)); rows.post = 1/rms for the
+// GEMV's sums. Any other rows go the two-pass way (rows.post = 1). All compute threads.
+__device__ TwRows tw_rows_finish_deferred(const float* src, int ld, const int* tok_smem, int n, int k,
+                                          const __nv_bfloat16* wn, float eps, float* inv_smem, float* stage_smem,
+                                          int stage_floats, const __nv_bfloat16* wn_raw, int newer) {
+    static_assert(TW_WARPS <= 16, "the warps' partial sums live in the 16-float norm region");
+    if (n != 1 || !wn || !wn_raw || !tw_rows_stageable(src, ld, n, k, stage_floats)) {
+        return tw_rows_finish(src, ld, tok_smem, n, k, wn, eps, inv_smem, stage_smem, stage_floats, wn_raw, 1.f,
+                              newer);
+    }
+    TwRows rows{src, tok_smem, ld, n, k, wn, inv_smem, stage_smem, 1.f};
+    tw_cp_async_wait_n(newer);   // this thread's copies of the row have landed
+    tw_sync();                   // and every thread's
+    float4* st4 = reinterpret_cast<float4*>(stage_smem);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < k / 4; i += TW_THREADS) {
+        const int c = tw_swz(4 * i);   // physical float4 i holds logical columns c .. c + 3
+        float4 v = st4[i];
+        ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+        const uint2 raw = *reinterpret_cast<const uint2*>(wn_raw + c);
+        const float2 a = tw_bf16x2(raw.x), b = tw_bf16x2(raw.y);
+        v.x *= a.x, v.y *= a.y, v.z *= b.x, v.w *= b.y;
+        st4[i] = v;
+    }
+    ss = tw_warp_sum(ss);
+    if (tw_lane() == 0) inv_smem[tw_warp()] = ss;
+    tw_sync();
+    ss = 0.f;
+#pragma unroll
+    for (int w = 0; w < TW_WARPS; ++w) ss += inv_smem[w];
+    rows.post = rsqrtf(ss / (float)k + eps);
+    return rows;
+}
+#endif
