@@ -126,6 +126,10 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     __shared__ int go;
     __shared__ int fetched;   // task instances the controller has fetched (the loader's pace)
     __shared__ unsigned long long body_ns;   // traced: when the task's op began its main loop
+#if TW_TABLE_AHEAD
+    __shared__ int s_wid[TW_MAX_WEIGHT_ARGS];
+    __shared__ TwWeight s_wtab[TW_MAX_WEIGHT_ARGS];
+#endif
     const TwParams* p = pp;
     float* smem = reinterpret_cast<float*>(tw_smem);
     TwCtx c;
@@ -157,11 +161,18 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
     if (threadIdx.x == 0) fetched = 0;
     __syncthreads();   // the only CTA-wide barrier: the roles split here
     if (tw_warp() >= TW_WARPS) {
+#if TW_TABLE_AHEAD
+        c.s_wid = nullptr;   // the loader runs ahead of the task whose entries the cache holds
+#endif
         if (TW_LOADER && tw_lane() == 0)
             tw_loader_run(c, descs, queue, q0, q1, counters, abort_flag, &fetched, tw_dispatch_prefetch,
                           tw_prefetch_after_waits);
         return;
     }
+#if TW_TABLE_AHEAD
+    c.s_wid = s_wid;
+    c.s_wtab = s_wtab;
+#endif
     int n_fetched = 0;
     int n_rec = 0;
     unsigned long long t_fetch = 0, t_ready = 0;
@@ -177,6 +188,9 @@ extern "C" __global__ void __launch_bounds__(TW_CTA_THREADS, 1) tw_megakernel(co
                 const int task = queue[qi];
                 desc = descs[task];
                 atomicExch(&fetched, ++n_fetched);   // an atomic: the loader polls it
+#if TW_TABLE_AHEAD
+                tw_table_ahead(c.wt, desc.op, desc.args, s_wid, s_wtab);
+#endif
                 int ok = 1;
                 if (!tw_known_op(desc.op)) {
                     tw_report_error(status, abort_flag, TW_STATUS_BAD_OP, task, -1, 0, 0, desc.op);

@@ -13,6 +13,14 @@
 #define TW_EXP_MARK 0
 #endif
 #define TW_SMEM_BYTES ((32 + TW_STAGE_FLOATS + TW_SCRATCH_FLOATS) * 4)   // see runtime/megakernel.py SMEM_BYTES
+// Candidate (off): TW_TABLE_AHEAD=1 has the controller copy the weight-table entries a task
+// names (tw_op_weight_args) into shared memory before its waits, and TwCtx::weight read
+// them there. Why: a bf16 GEMV task spent 0.35 us between its start and its first copy
+// (docs/perf-notes.md v18 1), the weight table's L2 round trip, which the waits' acquire
+// leaves on every task's path (it invalidates L1); ahead of the waits it costs nothing.
+#ifndef TW_TABLE_AHEAD
+#define TW_TABLE_AHEAD 0
+#endif
 
 struct TwCtx {
     const TwParams* p;
@@ -27,6 +35,10 @@ struct TwCtx {
     long long step;    // 1-based global step number of this iteration
     int task;          // the running task (error records name it)
     unsigned long long* s_body;   // traced launches: the task's body mark (shared), else nullptr
+#if TW_TABLE_AHEAD
+    const int* s_wid;            // the running task's weight ids [TW_MAX_WEIGHT_ARGS] (-1: none), or nullptr
+    const TwWeight* s_wtab;      // and their table entries (shared memory)
+#endif
 
     // Thread 0, after a barrier that ends the op's prologue: the trace's body mark.
     __device__ __forceinline__ void mark_body() const {
@@ -46,8 +58,18 @@ struct TwCtx {
                         task, -1, seen, needed, op);
     }
 
+    // Entry `wid` of the weight table.
+    __device__ __forceinline__ const TwWeight& weight(int wid) const {
+#if TW_TABLE_AHEAD
+        if (s_wid)
+#pragma unroll
+            for (int j = 0; j < TW_MAX_WEIGHT_ARGS; ++j)
+                if (s_wid[j] == wid) return s_wtab[j];
+#endif
+        return wt[wid];
+    }
     __device__ const __nv_bfloat16* bf16(int wid) const {
-        return reinterpret_cast<const __nv_bfloat16*>(wt[wid].a);
+        return reinterpret_cast<const __nv_bfloat16*>(weight(wid).a);
     }
     __device__ const __nv_bfloat16* vec_or_null(int wid) const { return wid >= 0 ? bf16(wid) : nullptr; }
     __device__ int pos(int state_off) const { return tw_ldi(arena_i + state_off + TW_STATE_POS); }
@@ -61,4 +83,21 @@ struct TwCtx {
 #define TW_ROWS_LANDED_MARK(c, newer) (tw_cp_async_wait_n(newer), tw_sync(), (c).mark_phase(16))
 #else
 #define TW_ROWS_LANDED_MARK(c, newer) ((void)0)
+#endif
+
+#if TW_TABLE_AHEAD
+// Thread 0, once the task's descriptor is in shared memory and before its waits: the
+// table entries of its weight arguments into the cache TwCtx::weight reads. The table does
+// not change during a launch, so reading it ahead of the waits' acquire is safe.
+__device__ __forceinline__ void tw_table_ahead(const TwWeight* wt, int op, const int* args, int* s_wid,
+                                               TwWeight* s_wtab) {
+    int j = 0;
+    for (unsigned int m = tw_op_weight_args(op); m; m &= m - 1) {
+        const int wid = args[__ffs(m) - 1];
+        if (wid < 0) continue;
+        s_wtab[j] = wt[wid];
+        s_wid[j++] = wid;
+    }
+    for (; j < TW_MAX_WEIGHT_ARGS; ++j) s_wid[j] = -1;
+}
 #endif

@@ -221,6 +221,25 @@
 #define TW_COPY_DRAFT_MAX_MATCH 8
 #define TW_COPY_DRAFT_TRUST 9
 
+#define TW_MAX_WEIGHT_ARGS 3
+// Bit i set: argument i of op `op` is a weight-table id.
+__device__ __forceinline__ unsigned int tw_op_weight_args(int op) {
+    switch (op) {
+        case TW_OP_EMBED: return 0x2u;
+        case TW_OP_LINEAR: return 0x30u;
+        case TW_OP_LINEAR_SWIGLU: return 0x70u;
+        case TW_OP_ROPE_KV: return 0x100u;
+        case TW_OP_ATTN_MERGE: return 0x10u;
+        case TW_OP_ROUTE: return 0x4u;
+        case TW_OP_EXPERT_UP: return 0x70u;
+        case TW_OP_EXPERT_DOWN: return 0x10u;
+        case TW_OP_LM_HEAD: return 0x30u;
+        case TW_OP_DRAFT_EMBED: return 0x6u;
+        case TW_OP_DRAFT_ROPE_KV: return 0x700u;
+        default: return 0u;
+    }
+}
+
 // Task descriptor: mirrors tilewarp.pipeline.lower.DESC_DTYPE (little-endian).
 #define TW_DESC_BYTES 128
 #define TW_MAX_WAITS 6

@@ -6,7 +6,7 @@
 #include "ops/embed.cuh"
 
 __device__ void tw_op_draft_embed(const TwCtx& c, const int* a) {
-    const TwWeight& tab = c.wt[a[TW_DRAFT_EMBED_W]];
+    const TwWeight& tab = c.weight(a[TW_DRAFT_EMBED_W]);
     const int anchor = tw_ldi(c.arena_i + a[TW_DRAFT_EMBED_TOK_OFF]);
     if (anchor < 0 || anchor >= tab.rows) {
         if (threadIdx.x == 0)

@@ -15,7 +15,7 @@ __device__ void tw_op_draft_rope_kv(const TwCtx& c, const int* a) {
     const bool with_q = a[TW_DRAFT_ROPE_KV_Q_OFF] >= 0;
 #if TW_ROPE_STAGED   // ops/rope_kv.cuh: every input in shared memory first, two round trips
     {
-        const TwWeight& rope = c.wt[a[TW_DRAFT_ROPE_KV_W_ROPE]];
+        const TwWeight& rope = c.weight(a[TW_DRAFT_ROPE_KV_W_ROPE]);
         const __nv_bfloat16* wq = c.vec_or_null(a[TW_DRAFT_ROPE_KV_W_QNORM]);
         const __nv_bfloat16* wk = c.bf16(a[TW_DRAFT_ROPE_KV_W_KNORM]);
         const int need = tw_rope_stage_floats(L, t, with_q ? grp + 1 : 1, ld, rope);
@@ -45,7 +45,7 @@ __device__ void tw_op_draft_rope_kv(const TwCtx& c, const int* a) {
         if (tw_lane() == 0) inv[r * (grp + 1) + j] = 1.f / sqrtf(ss / (float)hd + c.p->rms_eps);
     }
     tw_sync();
-    tw_rope_qk(c, L, qkv, ld, t, h, pos, c.wt[a[TW_DRAFT_ROPE_KV_W_ROPE]],
+    tw_rope_qk(c, L, qkv, ld, t, h, pos, c.weight(a[TW_DRAFT_ROPE_KV_W_ROPE]),
                with_q ? c.arena + a[TW_DRAFT_ROPE_KV_Q_OFF] : nullptr, a[TW_DRAFT_ROPE_KV_Q_LD], inv,
                c.vec_or_null(a[TW_DRAFT_ROPE_KV_W_QNORM]), c.bf16(a[TW_DRAFT_ROPE_KV_W_KNORM]));
     tw_store_v(c, L, qkv, ld, t, h, pos);

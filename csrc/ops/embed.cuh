@@ -31,7 +31,7 @@ __device__ __forceinline__ void tw_gather_bf16_rows(float* out, int ld, int t, i
 
 __device__ void tw_op_embed(const TwCtx& c, const int* a) {
     const __nv_bfloat16* table = c.bf16(a[TW_EMBED_W]);
-    const int cols = c.wt[a[TW_EMBED_W]].cols;
+    const int cols = c.weight(a[TW_EMBED_W]).cols;
     const int* tok = c.arena_i + a[TW_EMBED_TOK_OFF];
     tw_gather_bf16_rows(c.arena + a[TW_EMBED_OUT_OFF], a[TW_EMBED_OUT_LD], a[TW_EMBED_T], a[TW_EMBED_C0],
                         a[TW_EMBED_C1], [&](int r) { return table + (long long)tw_ldi(tok + r) * cols; });

@@ -9,7 +9,7 @@ __device__ __forceinline__ bool tw_gemv_expert_down(const TwCtx& c, const int* a
     const int t = a[TW_EXPERT_DOWN_T], k = a[TW_EXPERT_DOWN_K];
     int expert, count;
     if (!tw_slot_tokens(c, a[TW_EXPERT_DOWN_TABLE_OFF], a[TW_EXPERT_DOWN_SLOT], t, &expert, &count)) return false;
-    const TwFp4Matrix d = tw_expert_matrix(c.wt[a[TW_EXPERT_DOWN_W]], expert, k);
+    const TwFp4Matrix d = tw_expert_matrix(c.weight(a[TW_EXPERT_DOWN_W]), expert, k);
     g = TwGemv{};
     g.x = c.arena + a[TW_EXPERT_DOWN_ACT_OFF];
     g.x_ld = a[TW_EXPERT_DOWN_ACT_LD];
@@ -30,6 +30,6 @@ __device__ __forceinline__ bool tw_gemv_expert_down(const TwCtx& c, const int* a
 __device__ void tw_prefetch_expert_down(const TwCtx& c, const int* a, TwPrefetch& pf) {
     const int expert = tw_slot_expert(c, a[TW_EXPERT_DOWN_TABLE_OFF], a[TW_EXPERT_DOWN_SLOT]);
     if (expert < 0) return;
-    const TwFp4Matrix d = tw_expert_matrix(c.wt[a[TW_EXPERT_DOWN_W]], expert, a[TW_EXPERT_DOWN_K]);
+    const TwFp4Matrix d = tw_expert_matrix(c.weight(a[TW_EXPERT_DOWN_W]), expert, a[TW_EXPERT_DOWN_K]);
     tw_prefetch_rows_mxfp4(pf, d.codes, d.scales, a[TW_EXPERT_DOWN_K], a[TW_EXPERT_DOWN_N0], a[TW_EXPERT_DOWN_N1]);
 }

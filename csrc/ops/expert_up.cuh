@@ -11,8 +11,8 @@ __device__ __forceinline__ bool tw_gemv_expert_up(const TwCtx& c, const int* a, 
     c.mark_phase(13);
     if (!tw_slot_tokens(c, a[TW_EXPERT_UP_TABLE_OFF], a[TW_EXPERT_UP_SLOT], t, &expert, &count)) return false;
     c.mark_phase(8);
-    const TwFp4Matrix gm = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W]], expert, k);
-    const TwFp4Matrix um = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
+    const TwFp4Matrix gm = tw_expert_matrix(c.weight(a[TW_EXPERT_UP_W]), expert, k);
+    const TwFp4Matrix um = tw_expert_matrix(c.weight(a[TW_EXPERT_UP_W2]), expert, k);
     g = TwGemv{};
     g.x = c.arena + a[TW_EXPERT_UP_X_OFF];
     g.x_ld = a[TW_EXPERT_UP_X_LD];
@@ -37,8 +37,8 @@ __device__ void tw_prefetch_expert_up(const TwCtx& c, const int* a, TwPrefetch& 
     const int expert = tw_slot_expert(c, a[TW_EXPERT_UP_TABLE_OFF], a[TW_EXPERT_UP_SLOT]);
     if (expert < 0) return;
     const int k = a[TW_EXPERT_UP_K], n0 = a[TW_EXPERT_UP_N0], n1 = a[TW_EXPERT_UP_N1];
-    const TwFp4Matrix g = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W]], expert, k);
-    const TwFp4Matrix u = tw_expert_matrix(c.wt[a[TW_EXPERT_UP_W2]], expert, k);
+    const TwFp4Matrix g = tw_expert_matrix(c.weight(a[TW_EXPERT_UP_W]), expert, k);
+    const TwFp4Matrix u = tw_expert_matrix(c.weight(a[TW_EXPERT_UP_W2]), expert, k);
     tw_prefetch_rows_mxfp4(pf, g.codes, g.scales, k, n0, n1);
     tw_prefetch_rows_mxfp4(pf, u.codes, u.scales, k, n0, n1);
 }

@@ -175,7 +175,7 @@ __device__ void tw_op_rope_kv(const TwCtx& c, const int* a) {
     const TwLayer L = c.layers[a[TW_ROPE_KV_LAYER]];
     const int t = a[TW_ROPE_KV_T], h = a[TW_ROPE_KV_KVH], ld = a[TW_ROPE_KV_QKV_LD];
 #if TW_ROPE_STAGED
-    const TwWeight& rope = c.wt[a[TW_ROPE_KV_W_ROPE]];
+    const TwWeight& rope = c.weight(a[TW_ROPE_KV_W_ROPE]);
     const int need = tw_rope_stage_floats(L, t, L.heads / L.kv_heads + 1, ld, rope);
     if (need > 0 && need <= TW_STAGE_FLOATS && TW_SWITCH_TAKEN(TW_ROPE_STAGED, t)) {
         tw_rope_kv_staged(c, L, c.arena + a[TW_ROPE_KV_QKV_OFF], ld, t, h, a[TW_ROPE_KV_STATE_OFF], rope,
@@ -185,7 +185,7 @@ __device__ void tw_op_rope_kv(const TwCtx& c, const int* a) {
 #endif
     const int pos = c.pos(a[TW_ROPE_KV_STATE_OFF]);
     const float* qkv = c.arena + a[TW_ROPE_KV_QKV_OFF];
-    tw_rope_qk(c, L, qkv, ld, t, h, pos, c.wt[a[TW_ROPE_KV_W_ROPE]], c.arena + a[TW_ROPE_KV_Q_OFF],
+    tw_rope_qk(c, L, qkv, ld, t, h, pos, c.weight(a[TW_ROPE_KV_W_ROPE]), c.arena + a[TW_ROPE_KV_Q_OFF],
                a[TW_ROPE_KV_Q_LD], nullptr, nullptr, nullptr);
     tw_store_v(c, L, qkv, ld, t, h, pos);
 }

@@ -53,6 +53,11 @@ class OpSpec:
     def index(self, name: str) -> int:
         return self.args.index(name)
 
+    @property
+    def weight_args(self) -> tuple[int, ...]:
+        """Indices of the arguments that are weight-table ids ("w", "w2", "w_*")."""
+        return tuple(i for i, a in enumerate(self.args) if a in ("w", "w2") or a.startswith("w_"))
+
 
 _X = ("x_off", "x_ld", "k", "t", "w_norm")  # input rows with an optional fused RMSNorm
 
@@ -114,6 +119,9 @@ OPS: dict[Op, OpSpec] = {s.op: s for s in (
 for _spec in OPS.values():
     assert len(_spec.args) <= N_ARGS, _spec
 
+#: Most weight-table ids one op takes (the megakernel's per-task table cache, TW_TABLE_AHEAD).
+MAX_WEIGHT_ARGS = max(len(s.weight_args) for s in OPS.values())
+
 
 # Step state block (int32 words at state_off): what only the device knows mid-run, and
 # the request's sampling parameters, which the host writes at the start of a launch.
@@ -151,4 +159,15 @@ def render_c_header() -> str:
         for i, a in enumerate(spec.args):
             lines.append(f"#define TW_{op.name}_{a.upper()} {i}")
         lines.append("")
+    lines.append(f"#define TW_MAX_WEIGHT_ARGS {MAX_WEIGHT_ARGS}")
+    lines.append("// Bit i set: argument i of op `op` is a weight-table id.")
+    lines.append("__device__ __forceinline__ unsigned int tw_op_weight_args(int op) {")
+    lines.append("    switch (op) {")
+    for op, spec in OPS.items():
+        if spec.weight_args:
+            lines.append(f"        case TW_OP_{op.name}: return {sum(1 << i for i in spec.weight_args):#x}u;")
+    lines.append("        default: return 0u;")
+    lines.append("    }")
+    lines.append("}")
+    lines.append("")
     return "\n".join(lines)

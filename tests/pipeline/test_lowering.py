@@ -182,6 +182,17 @@ def test_the_c_header_names_every_op_code_and_argument_index():
     assert len({int(o) for o in Op}) == len(Op) and min(int(o) for o in Op) > 0, "0 must stay an invalid op"
 
 
+def test_the_c_header_marks_each_ops_weight_table_arguments():
+    # The megakernel copies these table entries ahead of a task's waits (TW_TABLE_AHEAD).
+    h = render_c_header()
+    assert OPS[Op.LINEAR].weight_args == (OPS[Op.LINEAR].index("w_norm"), OPS[Op.LINEAR].index("w"))
+    for op, spec in OPS.items():
+        mask = sum(1 << i for i in spec.weight_args)
+        assert (f"case TW_OP_{op.name}: return {mask:#x}u;" in h) == bool(mask), op
+        assert all(spec.args[i] in ("w", "w2") or spec.args[i].startswith("w_") for i in spec.weight_args)
+    assert f"#define TW_MAX_WEIGHT_ARGS {max(len(s.weight_args) for s in OPS.values())}\n" in h
+
+
 def test_the_c_struct_mirrors_every_descriptor_field_and_offset():
     c = render_desc_struct()
     assert "static_assert(sizeof(TwDesc) == 128" in c

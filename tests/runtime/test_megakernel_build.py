@@ -42,15 +42,16 @@ def test_tilewarp_defines_add_csrc_macros_for_experiments(monkeypatch):
 #: kernel sits at its register cap, so some pairs spill and are checked when adopted), and
 #: the v12 path of the GEMV rows: an experiment that no longer builds would cost a device
 #: call to find out. TW_HOIST_LOADS spills 12 bytes at T = 8 beside the block copy loop
-#: (TW_MMA_ISSUE_BLOCK), so it builds with the previous loop. TW_NORM_DEFERRED (v18, Next 12)
-#: is a decode candidate and builds at T = 1 as well.
+#: (TW_MMA_ISSUE_BLOCK), so it builds with the previous loop. TW_NORM_DEFERRED and
+#: TW_TABLE_AHEAD (v18, Next 12) are decode candidates and build at T = 1 as well.
 EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_ROPE_STAGED=2", "TW_HOIST_LOADS=1,TW_MMA_ISSUE_BLOCK=0", "TW_E8M0_FOLD=0",
-               "TW_MMA_ISSUE_BLOCK=0", "TW_NORM_DEFERRED=1"]
+               "TW_MMA_ISSUE_BLOCK=0", "TW_NORM_DEFERRED=1", "TW_TABLE_AHEAD=1"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("defines,tokens", [(d, 8) for d in EXPERIMENTS] + [("TW_ROWS_ASYNC=0", 1),
-                                                                              ("TW_NORM_DEFERRED=1", 1)])
+                                                                              ("TW_NORM_DEFERRED=1", 1),
+                                                                              ("TW_TABLE_AHEAD=1", 1)])
 def test_each_experiment_switch_compiles_with_no_spills(tmp_path, monkeypatch, defines, tokens):
     monkeypatch.setenv("TILEWARP_DEFINES", defines)
     k = build_megakernel(tokens, cache_dir=tmp_path).report.kernel("tw_megakernel")
