@@ -140,8 +140,8 @@ def build_megakernel(tokens: int = 16, cache_dir: str | Path | None = None):
     # The absolute path as the program name: -lineinfo records it, so Nsight Compute's
     # source view finds megakernel.cu itself (the headers are found through -I already).
     main = csrc_dir() / "megakernel.cu"
-    defines = {"TW_MAX_T": max_t_bucket(tokens), **extra_defines()}
-    return compile_cubin(main, name=str(main), cache_dir=cache_dir, defines=defines)
+    return compile_cubin(main, name=str(main), cache_dir=cache_dir,
+                         defines={"TW_MAX_T": max_t_bucket(tokens), **extra_defines()})
 
 
 def extra_defines() -> dict[str, str]:

@@ -120,9 +120,7 @@ __device__ void tw_rows_normalise(TwRows& rows, const float* src, int ld, const 
                     if (wn_f) {
                         g = *reinterpret_cast<const float4*>(wn_f + c);
                     } else if (wn_b) {
-                        const uint2 raw = *reinterpret_cast<const uint2*>(wn_b + c);
-                        const float2 a = tw_bf16x2(raw.x), b = tw_bf16x2(raw.y);
-                        g = make_float4(a.x, a.y, b.x, b.y);
+                        g = tw_bf16x4(wn_b + c);
                     } else {
                         g = make_float4(tw_bf16(wn[c]), tw_bf16(wn[c + 1]), tw_bf16(wn[c + 2]), tw_bf16(wn[c + 3]));
                     }
@@ -227,9 +225,8 @@ __device__ TwRows tw_rows_finish_deferred(const float* src, int ld, const int* t
         const int c = tw_swz(4 * i);   // physical float4 i holds logical columns c .. c + 3
         float4 v = st4[i];
         ss += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
-        const uint2 raw = *reinterpret_cast<const uint2*>(wn_raw + c);
-        const float2 a = tw_bf16x2(raw.x), b = tw_bf16x2(raw.y);
-        v.x *= a.x, v.y *= a.y, v.z *= b.x, v.w *= b.y;
+        const float4 g = tw_bf16x4(wn_raw + c);
+        v.x *= g.x, v.y *= g.y, v.z *= g.z, v.w *= g.w;
         st4[i] = v;
     }
     ss = tw_warp_sum(ss);

@@ -58,6 +58,13 @@ __device__ __forceinline__ float2 tw_bf16x2(unsigned int w) {
     return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
 }
 
+// 4 bf16 (8 bytes, 8-byte aligned; shared or global memory) -> 4 floats.
+__device__ __forceinline__ float4 tw_bf16x4(const __nv_bfloat16* p) {
+    const uint2 raw = *reinterpret_cast<const uint2*>(p);
+    const float2 a = tw_bf16x2(raw.x), b = tw_bf16x2(raw.y);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
 // 8 bf16 (16 bytes, read-only path) -> 8 floats.
 __device__ __forceinline__ void tw_bf16x8(const __nv_bfloat16* p, float out[8]) {
     const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));

@@ -43,7 +43,7 @@ def test_tilewarp_defines_add_csrc_macros_for_experiments(monkeypatch):
 #: the v12 path of the GEMV rows: an experiment that no longer builds would cost a device
 #: call to find out. TW_HOIST_LOADS spills 12 bytes at T = 8 beside the block copy loop
 #: (TW_MMA_ISSUE_BLOCK), so it builds with the previous loop. TW_NORM_DEFERRED and
-#: TW_TABLE_AHEAD (v18, Next 12) are decode candidates and build at T = 1 as well.
+#: TW_TABLE_AHEAD (perf-notes Next 12, 13) are decode candidates and build at T = 1 as well.
 EXPERIMENTS = ["TW_ROPE_STAGED=1", "TW_ROPE_STAGED=2", "TW_HOIST_LOADS=1,TW_MMA_ISSUE_BLOCK=0", "TW_E8M0_FOLD=0",
                "TW_MMA_ISSUE_BLOCK=0", "TW_NORM_DEFERRED=1", "TW_TABLE_AHEAD=1"]
 
